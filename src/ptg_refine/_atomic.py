@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,16 +14,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Pat
     """Call ``write(tmp_path)`` and rename the result to ``path``.
 
     Readers never see a partial file, and an interrupted write leaves the old file (if any) intact.
-    The temporary file keeps ``path``'s suffix so format-sniffing writers (images, torch.save) work.
+    The temporary file is created by ``write`` itself (so it gets the usual umask permissions) and
+    keeps ``path``'s suffix so format-sniffing writers (images, ``torch.save``) work.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
+    tmp = path.parent / f".{path.stem}.{secrets.token_hex(6)}.tmp{path.suffix}"
     try:
-        write(tmp)
+        write(str(tmp))
+        with open(tmp, "rb+") as fh:  # make the bytes durable before they become visible
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
