@@ -77,7 +77,9 @@ def test_missing_and_unexpected_keys_raise(trained):
     state.pop("head.bias")
     state["extra.weight"] = torch.zeros(3)
     save_file(state, folder / "model.safetensors")
-    with pytest.raises(CheckpointError, match=r"missing keys \[head.bias\].*unexpected keys \[extra.weight\]"):
+    with pytest.raises(
+        CheckpointError, match=r"missing keys \[head.bias\].*unexpected keys \[extra.weight\]"
+    ):
         PTGRefiner.from_pretrained(folder)
 
 
@@ -95,7 +97,9 @@ def test_corrupt_file_raises(trained, damage):
     _, folder = trained
     path = folder / "model.safetensors"
     data = path.read_bytes()
-    path.write_bytes({"truncate": data[: len(data) // 2], "garbage": b"\x00garbage" * 10, "empty": b""}[damage])
+    path.write_bytes(
+        {"truncate": data[: len(data) // 2], "garbage": b"\x00garbage" * 10, "empty": b""}[damage]
+    )
     with pytest.raises(CheckpointError, match="corrupt"):
         PTGRefiner.from_pretrained(folder)
 
@@ -140,7 +144,9 @@ def test_load_from_prepopulated_hub_cache(trained, tmp_path):
     refiner, folder = trained
     cache = tmp_path / "hub-cache"
     _populate_cache(cache, "someone/ptg-rm-test", folder)
-    loaded = PTGRefiner.from_pretrained("someone/ptg-rm-test", cache_dir=cache, local_files_only=True)
+    loaded = PTGRefiner.from_pretrained(
+        "someone/ptg-rm-test", cache_dir=cache, local_files_only=True
+    )
     x, d, g = _inputs()
     assert torch.equal(refiner.eval()(x, d, g), loaded(x, d, g))
 
@@ -164,7 +170,9 @@ def test_cached_repo_missing_weights(trained, tmp_path):
     _, folder = trained
     cache = tmp_path / "hub-cache"
     _populate_cache(cache, "someone/partial", folder)
-    next((cache / "models--someone--partial" / "snapshots").iterdir()).joinpath("model.safetensors").unlink()
+    next((cache / "models--someone--partial" / "snapshots").iterdir()).joinpath(
+        "model.safetensors"
+    ).unlink()
     with pytest.raises(HubOfflineError, match="model.safetensors"):
         PTGRefiner.from_pretrained("someone/partial", cache_dir=cache, local_files_only=True)
 

@@ -27,7 +27,9 @@ def test_reference_size_under_one_million():
     assert abs(refiner.num_parameters - REFERENCE_PARAMETERS) < 0.01 * REFERENCE_PARAMETERS
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 64, 64), (2, 3, 37, 53), (2, 1, 31, 29), (1, 3, 1, 1), (1, 1, 2, 7)])
+@pytest.mark.parametrize(
+    "shape", [(2, 3, 64, 64), (2, 3, 37, 53), (2, 1, 31, 29), (1, 3, 1, 1), (1, 1, 2, 7)]
+)
 def test_identity_at_init(shape):
     torch.manual_seed(0)
     refiner = PTGRefiner(embed_dim=512, in_channels=shape[1])
@@ -87,7 +89,9 @@ def test_every_parameter_gets_a_gradient():
     x, d = torch.rand(2, 3, 23, 17), torch.rand(2, 3, 23, 17)
     g = torch.randn(2, 8)
     refiner(x, d, g).square().mean().backward()
-    no_grad = [n for n, p in refiner.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    no_grad = [
+        n for n, p in refiner.named_parameters() if p.grad is None or p.grad.abs().sum() == 0
+    ]
     assert no_grad == []
 
 
@@ -110,8 +114,7 @@ def test_config_roundtrip_and_validation():
         PTGRefiner(embed_dim=8, kernel_size=4)
     with pytest.raises(ConfigError, match="num_heads"):
         PTGRefiner(embed_dim=8, width=16, num_heads=3)
-    with pytest.raises(ConfigError, match="embed_dim"):
-        PTGRefiner(embed_dim=None)
+    assert PTGRefiner(embed_dim=None, width=8, num_blocks=1).embed_dim == 512
     with pytest.raises(ConfigError, match="Unknown refiner config keys"):
         RefinerConfig.from_dict({**cfg.to_dict(), "depth": 3})
 

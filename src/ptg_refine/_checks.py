@@ -53,7 +53,9 @@ def check_image(
 def check_features(features: object, batch: int, dim: int, name: str = "features") -> torch.Tensor:
     """Check an encoder feature batch ``(B, D)``."""
     if not isinstance(features, torch.Tensor):
-        raise DTypeError(f"{name} must be a torch.Tensor of shape (B, D), got {type(features).__name__}.")
+        raise DTypeError(
+            f"{name} must be a torch.Tensor of shape (B, D), got {type(features).__name__}."
+        )
     if features.ndim != 2 or features.shape[0] != batch or features.shape[1] != dim:
         raise ShapeError(
             f"{name} must have shape (B={batch}, D={dim}), got {_describe(features)}. Hint: the "

@@ -10,8 +10,9 @@ from __future__ import annotations
 __all__ = [
     "CheckpointError",
     "ConfigError",
-    "DeviceMismatchError",
     "DTypeError",
+    "DataError",
+    "DeviceMismatchError",
     "EncoderError",
     "EncoderWeightsUnavailableError",
     "HubError",
@@ -23,7 +24,6 @@ __all__ = [
     "ShapeError",
     "UnknownEncoderError",
     "WeightsNotPublishedError",
-    "DataError",
 ]
 
 

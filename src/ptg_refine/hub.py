@@ -133,8 +133,10 @@ def _download(repo_id: str, filename: str, **kwargs: object) -> Path:
         return Path(hf_hub_download(repo_id, filename, **kwargs))  # type: ignore[arg-type]
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as err:
         offline = constants.HF_HUB_OFFLINE or kwargs.get("local_files_only")
-        why = "offline mode is on (HF_HUB_OFFLINE or local_files_only=True)" if offline else (
-            "the Hub could not be reached"
+        why = (
+            "offline mode is on (HF_HUB_OFFLINE or local_files_only=True)"
+            if offline
+            else ("the Hub could not be reached")
         )
         raise HubOfflineError(
             f"Cannot load {filename} of {where}: {why} and it is not in the local Hub cache "

@@ -27,6 +27,7 @@ from .layers import (
     PriorMapping,
     ResidualBlock,
     TransformerBlock,
+    add_fresh,
     lrelu,
     per_pixel_conv,
 )
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+DEFAULT_EMBED_DIM = 512  # CLIP ViT-B/32, the paper's default prior
 REFERENCE_PARAMETERS = 671_735  # published reference implementation at D = 512 (paper: "+0.67M")
 _DOWNSCALE = 4  # the encoder R_e works at 1/4 resolution; inputs are padded to a multiple of it
 
@@ -162,7 +164,8 @@ class PTGRefiner(
     untrained refiner returns ``restored`` bit for bit.
 
     Args:
-        embed_dim: prior length D; None infers it from ``encoder`` (builds no weights for ``stats``).
+        embed_dim: prior length D. None: inferred from ``encoder`` when one is named, else 512
+            (CLIP ViT-B/32, the paper's default).
         width, num_blocks, num_heads, ffn_expansion, kernel_size, prior_hidden, in_channels:
             see :class:`RefinerConfig`.
         encoder: encoder spec string recorded in the config (see ``ptg_refine.list_encoders()``).
@@ -185,7 +188,7 @@ class PTGRefiner(
     def __init__(
         self,
         *,
-        embed_dim: int | None = 512,
+        embed_dim: int | None = None,
         width: int = 16,
         num_blocks: int = 4,
         num_heads: int = 1,
@@ -197,8 +200,10 @@ class PTGRefiner(
         encoder_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if encoder is not None and isinstance(encoder, str) and (
-            embed_dim is None or encoder_config is None
+        if (
+            encoder is not None
+            and isinstance(encoder, str)
+            and (embed_dim is None or encoder_config is None)
         ):
             from .encoders import describe_encoder  # lazy: keeps refiner.py free of encoder imports
 
@@ -213,7 +218,7 @@ class PTGRefiner(
                     f"length {described['dim']}. Hint: leave embed_dim unset to infer it."
                 )
         if embed_dim is None:
-            raise ConfigError("embed_dim is required when no encoder spec is given.")
+            embed_dim = DEFAULT_EMBED_DIM
         cfg = RefinerConfig(
             embed_dim=embed_dim,
             width=width,
@@ -283,12 +288,42 @@ class PTGRefiner(
 
     # ------------------------------------------------------------------ forward
     def forward(
-        self, restored: torch.Tensor, degraded: torch.Tensor, features: torch.Tensor
+        self,
+        restored: torch.Tensor,
+        degraded: torch.Tensor,
+        features: torch.Tensor,
+        *,
+        tile: int | None = None,
     ) -> torch.Tensor:
-        """Refine ``restored`` (see the class docstring for shapes)."""
+        """Refine ``restored`` (see the class docstring for shapes).
+
+        Args:
+            restored: the base network's output.
+            degraded: the base network's input.
+            features: the prior g, (B, D).
+            tile: inference only: process the image in tiles of about ``tile`` x ``tile`` pixels
+                (at least 16) to bound memory. The result equals the untiled one up to
+                floating-point rounding (statistics that span the image, such as the instance
+                norms and the channel attention, are accumulated over all tiles first; tiles
+                overlap by the receptive field, so there are no seams). None: untiled, except
+                that large images are processed in bands when no gradient is recorded.
+        """
         self._validate(restored, degraded, features)
+        if tile is not None:
+            tile = _check_tile(tile)
+        if self._streamable(restored, features):
+            h, w = restored.shape[-2:]
+            if tile is None and h * w > _STREAM_MIN_PIXELS:
+                return self._forward_streamed(restored, degraded, features, _STREAM_TILE, True)
+            if tile is not None:
+                return self._forward_streamed(restored, degraded, features, tile, False)
+        elif tile is not None:
+            raise ConfigError(
+                "tile= is for inference: it got inputs or parameters that record gradients. "
+                "Call it under torch.no_grad() (or torch.inference_mode()), or train on crops."
+            )
         mask_logit, residual = self._predict(restored, degraded, features)
-        return restored + (restored - degraded) * torch.tanh(mask_logit) + residual
+        return _combine(restored, degraded, mask_logit, residual)
 
     def _validate(self, restored: torch.Tensor, degraded: torch.Tensor, features: torch.Tensor) -> None:
         ch = self.config.in_channels
@@ -298,52 +333,258 @@ class PTGRefiner(
         _checks.check_features(features, restored.shape[0], self.config.embed_dim)
         _checks.check_same_device(restored, self, "restored")
 
+    def _streamable(self, restored: torch.Tensor, features: torch.Tensor) -> bool:
+        """Whether the band/tile engine may run: eager mode and no autograd graph to record."""
+        if _tracing():
+            return False
+        if not torch.is_grad_enabled():
+            return True
+        return not (
+            restored.requires_grad
+            or features.requires_grad
+            or any(p.requires_grad for p in self.parameters())
+        )
+
     def _predict(
         self, restored: torch.Tensor, degraded: torch.Tensor, features: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mask logits and residual at the input's size (both (B, C, H, W))."""
         h, w = restored.shape[-2:]
-        x = _pad_to_multiple(torch.cat([restored, degraded], dim=1), _DOWNSCALE)
-        g = features.to(dtype=x.dtype) if not torch.is_autocast_enabled(x.device.type) else features
-        out = self._body(x, g)
+        x = _model_input(restored, degraded)
+        out = self._body(x, self._prior_input(features, x))
         mask_logit, residual = out[..., :h, :w].chunk(2, dim=1)
         return mask_logit, residual
 
+    @staticmethod
+    def _prior_input(features: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return features if torch.is_autocast_enabled(x.device.type) else features.to(x.dtype)
+
     def _body(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        k = self.config.kernel_size
-        f = self.enc_conv1(x)
-        f = lrelu(self.enc_norm1(f))
-        f = self.enc_norm2(self.enc_conv2(f))
-        f = self.enc_conv3(f)
-        b, _, fh, fw = f.shape
+        """The whole module at the padded size: (B, 2 C_img, H, W) -> (B, 2 C_img, H, W)."""
+        f = self._encode(x)
+        prior_m, prior_c = self.prior_sve(g), self.prior_csa(g)
+        size = (f.shape[-2], f.shape[-1])
 
         # PTG-SVE (Eqs. 2-3)
-        prior_m = self.prior_sve(g)[:, :, None, None].expand(-1, -1, fh, fw)
-        pos_m = self.pos_sve(b, fh, fw, like=f)
-        range_map = torch.sigmoid(
-            self.range_conv2(lrelu(self.range_conv1(torch.cat([f, prior_m, pos_m], dim=1))))
-        )
+        range_map = self._range_map(f, prior_m, size, None)
         f_hat = torch.lerp(self.long_range(f), self.short_range(f), range_map)
 
-        # PTG-CSA, channel attention (Eq. 4)
-        prior_c = self.prior_csa(g)
-        pooled = torch.cat([f_hat.mean(dim=(2, 3)), prior_c], dim=1)
-        channel = torch.sigmoid(self.channel_fc2(lrelu(self.channel_fc1(pooled))))
-        f_c = f_hat * channel[:, :, None, None]
+        # PTG-CSA (Eqs. 4-6) and fusion (Eq. 7)
+        channel = self._channel_gate(f_hat, prior_c)
+        f_bar = self._csa(f_hat, channel, prior_c, size, None)
+        return self._decode(f_bar)
 
-        # PTG-CSA, spatial attention from per-pixel kernels (Eqs. 5-6)
-        pos_c = self.pos_csa(b, fh, fw, like=f)
-        kp_in = torch.cat([f_hat, prior_c[:, :, None, None].expand(-1, -1, fh, fw), pos_c], dim=1)
-        kernels = self.kernel_conv2(lrelu(self.kernel_conv1(kp_in)))
-        attn = per_pixel_conv(f_hat, kernels, k)
-        spatial = torch.sigmoid(self.spatial_conv(lrelu(attn)))
-        f_s = f_hat * spatial
+    # The stages below work on a whole map (region None) or on a window of it: ``region`` is
+    # (y0, y1, x0, x1) in 1/4-resolution coordinates of the whole map of size ``size``, and only
+    # the position embeddings need it. Values within the receptive field of a window's inner edges
+    # are wrong (zero padding there); the streaming engine crops them away.
+    def _encode(self, x: torch.Tensor, stats: _EncoderStats | None = None) -> torch.Tensor:
+        """Encoder R_e: (B, 2 C_img, H, W) -> f (B, c, H/4, W/4), channels_last."""
+        if stats is None:
+            stats = _EncoderStats()
+        y = self.enc_conv1(x.contiguous(memory_format=torch.channels_last))
+        y = lrelu(_instance_norm(y, self.enc_norm1, stats.first), inplace=True)
+        y = self.enc_conv2(y)
+        return self.enc_conv3(_instance_norm(y, self.enc_norm2, stats.second))
 
-        # Fusion (Eq. 7) and decoder
-        f_bar = self.fuse(torch.cat([f_c, f_s], dim=1)) + f_hat
-        y = lrelu(F.pixel_shuffle(self.up1(f_bar), 2))
-        y = lrelu(F.pixel_shuffle(self.up2(y), 2))
-        return self.head(lrelu(self.dec_conv(y)))
+    def _range_map(
+        self,
+        f: torch.Tensor,
+        prior: torch.Tensor,
+        size: tuple[int, int],
+        region: tuple[int, int, int, int] | None,
+    ) -> torch.Tensor:
+        """M = sigmoid(R_m(f ⊕ T_m(g) ⊕ S_m)), (B, 1, h, w)."""
+        pos = self.pos_sve(1, size[0], size[1], like=f, region=region)
+        hidden = _conv_with_prior(self.range_conv1, f, prior, pos)
+        return torch.sigmoid(self.range_conv2(lrelu(hidden, inplace=True)))
+
+    def _channel_gate(self, f_hat: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+        """M_c = sigmoid(MLP(avgpool(f̂) ⊕ T_c(g))), (B, c)."""
+        pooled = torch.cat([f_hat.mean(dim=(2, 3)), prior], dim=1)
+        return torch.sigmoid(self.channel_fc2(lrelu(self.channel_fc1(pooled))))
+
+    def _csa(
+        self,
+        f_hat: torch.Tensor,
+        channel: torch.Tensor,
+        prior: torch.Tensor,
+        size: tuple[int, int],
+        region: tuple[int, int, int, int] | None,
+    ) -> torch.Tensor:
+        """PTG-CSA and fusion: f̄ = R_f(f̂·M_c ⊕ f̂·M_s) + f̂, (B, c, h, w)."""
+        pos = self.pos_csa(1, size[0], size[1], like=f_hat, region=region)
+        hidden = lrelu(_conv_with_prior(self.kernel_conv1, f_hat, prior, pos), inplace=True)
+        k = self.config.kernel_size
+        if _tracing() or hidden.is_contiguous():
+            kernels = self.kernel_conv2(hidden)
+            attn = per_pixel_conv(f_hat, kernels, k)
+        else:
+            # channels_last: predict the kernels tap-major (output channels reordered from
+            # (channel, tap) to (tap, channel)) so that each tap's kernels are contiguous per pixel.
+            kernels = F.conv2d(
+                hidden, _tap_major(self.kernel_conv2.weight, k), _tap_major(self.kernel_conv2.bias, k), padding=1
+            )
+            attn = per_pixel_conv(f_hat, kernels, k, tap_major=True)
+        del hidden, kernels
+        spatial = torch.sigmoid(self.spatial_conv(lrelu(attn, inplace=True)))
+        fused = torch.cat([f_hat * channel[:, :, None, None], f_hat * spatial], dim=1)
+        return add_fresh(self.fuse(fused), f_hat)
+
+    def _decode(self, f_bar: torch.Tensor) -> torch.Tensor:
+        """Decoder R_d: (B, c, h, w) -> mask logits ⊕ residual (B, 2 C_img, 4h, 4w)."""
+        # LeakyReLU commutes with PixelShuffle (a permutation): apply it in place before.
+        y = F.pixel_shuffle(lrelu(self.up1(f_bar), inplace=True), 2)
+        y = F.pixel_shuffle(lrelu(self.up2(y), inplace=True), 2)
+        # Back to the images' planar layout: Eq. 1 then runs on contiguous channels.
+        return self.head(lrelu(self.dec_conv(y), inplace=True)).contiguous()
+
+    # ------------------------------------------------------------------ streaming (inference)
+    def _forward_streamed(
+        self,
+        restored: torch.Tensor,
+        degraded: torch.Tensor,
+        features: torch.Tensor,
+        tile: int,
+        dense_encoder: bool,
+    ) -> torch.Tensor:
+        """The same function as the dense path, computed tile by tile with bounded memory.
+
+        Global quantities are accumulated over all tiles before they are used: the instance-norm
+        statistics of the encoder, the attention matrices of the transformer blocks (MDTA) and the
+        average pooling of the channel attention. Every local stage reads its input with a margin
+        that covers its receptive field, so the result matches the dense path up to rounding.
+        """
+        with torch.no_grad():
+            reader = _PaddedPair(restored, degraded, _DOWNSCALE)
+            fh, fw = reader.height // _DOWNSCALE, reader.width // _DOWNSCALE
+            size = (fh, fw)
+            tq = max(tile // _DOWNSCALE, 4)  # tile side at 1/4 resolution
+            g = self._prior_input(features, restored)
+            prior_m, prior_c = self.prior_sve(g), self.prior_csa(g)
+
+            if dense_encoder:
+                f = self._encode(reader.read(0, reader.height, 0, reader.width))
+            else:
+                f = self._encode_tiled(reader, tq)
+
+            # PTG-SVE in row bands at 1/4 resolution; the long-range branch block by block.
+            band = max(8, -(-4 * tq * tq // fw))
+            bands = _spans(fh, band)
+            long = self._long_range_banded(f, bands)
+            f_hat = torch.empty_like(long)
+            for a, b in bands:
+                lo, hi = max(a - 2, 0), min(b + 2, fh)  # two 3x3 convolutions in each branch
+                part = f[:, :, lo:hi]
+                range_map = self._range_map(part, prior_m, size, (lo, hi, 0, fw))
+                short = self.short_range(part)
+                crop = slice(a - lo, b - lo)
+                f_hat[:, :, a:b] = torch.lerp(long[:, :, a:b], short[:, :, crop], range_map[:, :, crop])
+            del f, long
+
+            channel = self._channel_gate(f_hat, prior_c)
+            out = torch.empty_like(restored)
+            height, width = restored.shape[-2:]
+            for y0, y1 in _spans(fh, tq):
+                for x0, x1 in _spans(fw, tq):
+                    # f̄ needs f̂ within 3 pixels (kernel predictor, per-pixel and spatial
+                    # convolutions), the decoder f̄ within 2 (at 1/4 resolution).
+                    r5 = _grow((y0, y1, x0, x1), 5, size)
+                    part = f_hat[:, :, r5[0] : r5[1], r5[2] : r5[3]]
+                    f_bar = self._csa(part, channel, prior_c, size, r5)
+                    r2 = _grow((y0, y1, x0, x1), 2, size)
+                    f_bar = f_bar[:, :, r2[0] - r5[0] : r2[1] - r5[0], r2[2] - r5[2] : r2[3] - r5[2]]
+                    y = self._decode(f_bar)
+                    s = _DOWNSCALE
+                    ya, yb = s * y0, min(s * y1, height)
+                    xa, xb = s * x0, min(s * x1, width)
+                    if ya >= yb or xa >= xb:
+                        continue
+                    oy, ox = ya - s * r2[0], xa - s * r2[2]
+                    y = y[:, :, oy : oy + yb - ya, ox : ox + xb - xa]
+                    mask_logit, residual = y.chunk(2, dim=1)
+                    out[:, :, ya:yb, xa:xb] = _combine(
+                        restored[:, :, ya:yb, xa:xb],
+                        degraded[:, :, ya:yb, xa:xb],
+                        mask_logit,
+                        residual,
+                    )
+            return out
+
+    def _encode_tiled(self, reader: _PaddedPair, tq: int) -> torch.Tensor:
+        """Encoder R_e tile by tile, with the instance-norm statistics of the whole image."""
+        s = _DOWNSCALE
+        fh, fw = reader.height // s, reader.width // s
+        tiles = [(y0, y1, x0, x1) for y0, y1 in _spans(fh, tq) for x0, x1 in _spans(fw, tq)]
+        if len(tiles) == 1:
+            return self._encode(reader.read(0, reader.height, 0, reader.width))
+
+        # Pass 1: statistics of the first convolution's output (full resolution).
+        acc = _MomentAccumulator()
+        for y0, y1, x0, x1 in tiles:
+            ya, yb = max(s * y0 - 1, 0), min(s * y1 + 1, reader.height)
+            xa, xb = max(s * x0 - 1, 0), min(s * x1 + 1, reader.width)
+            y = self.enc_conv1(reader.read(ya, yb, xa, xb))
+            acc.add(y[:, :, s * y0 - ya : s * y1 - ya, s * x0 - xa : s * x1 - xa])
+        stats = _EncoderStats(first=acc.result())
+
+        def stem(tile: tuple[int, int, int, int]) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+            # Window of 2 pixels at 1/4 resolution around the tile: its first row and column fall
+            # on multiples of 4, so the strided convolutions sample the same pixels as on the
+            # whole image, and the corrupted margin (3 full-resolution pixels) stays outside.
+            r = _grow(tile, 2, (fh, fw))
+            x = reader.read(s * r[0], s * r[1], s * r[2], s * r[3])
+            y = lrelu(_instance_norm(self.enc_conv1(x), self.enc_norm1, stats.first), inplace=True)
+            return self.enc_conv2(y), r
+
+        # Pass 2: statistics of the second convolution's output (1/2 resolution).
+        acc = _MomentAccumulator()
+        for tile in tiles:
+            y, r = stem(tile)
+            y0, y1, x0, x1 = (2 * (t - o) for t, o in zip(tile, (r[0], r[0], r[2], r[2])))
+            acc.add(y[:, :, y0:y1, x0:x1])
+        stats = _EncoderStats(first=stats.first, second=acc.result())
+
+        # Pass 3: f itself.
+        f = None
+        for tile in tiles:
+            y, r = stem(tile)
+            y = self.enc_conv3(_instance_norm(y, self.enc_norm2, stats.second))
+            if f is None:
+                b, c = y.shape[:2]
+                f = torch.empty(
+                    (b, c, fh, fw), dtype=y.dtype, device=y.device, memory_format=torch.channels_last
+                )
+            y0, y1, x0, x1 = tile
+            f[:, :, y0:y1, x0:x1] = y[:, :, y0 - r[0] : y1 - r[0], x0 - r[2] : x1 - r[2]]
+        return f
+
+    def _long_range_banded(self, f: torch.Tensor, bands: list[tuple[int, int]]) -> torch.Tensor:
+        """Long-range branch R_l in row bands; each block's attention matrix spans all bands."""
+        if len(bands) == 1:
+            return self.long_range(f)
+        fh = f.shape[-2]
+        x = f
+        for block in self.long_range:
+            attn_mod = block.attn
+            sums = None
+            for a, b in bands:  # pass 1: pixel sums of the attention (q, k need 1 pixel margin)
+                lo, hi = max(a - 1, 0), min(b + 1, fh)
+                q, k, _ = attn_mod.qkv_maps(block.norm1(x[:, :, lo:hi]))
+                part = attn_mod.gram(q[:, :, a - lo : b - lo], k[:, :, a - lo : b - lo])
+                part = [t.double() for t in part]
+                sums = part if sums is None else [s_ + p for s_, p in zip(sums, part)]
+            attn = attn_mod.attention(*(t.to(x.dtype) for t in sums))
+            y = torch.empty_like(x)
+            for a, b in bands:  # pass 2: the block (v needs 1 pixel margin, the GDFN 1 more)
+                lo, hi = max(a - 2, 0), min(b + 2, fh)
+                part = x[:, :, lo:hi]
+                _, _, v = attn_mod.qkv_maps(block.norm1(part))
+                z = add_fresh(attn_mod.apply(attn, v), part)
+                z = add_fresh(block.ffn(block.norm2(z)), z)
+                y[:, :, a:b] = z[:, :, a - lo : b - lo]
+            x = y
+        return x
 
     # ------------------------------------------------------------------ Hub I/O
     def _save_pretrained(self, save_directory: Path) -> None:
@@ -352,7 +593,9 @@ class PTGRefiner(
         save_directory = Path(save_directory)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         metadata = {"format": "pt", "library": "ptg_refine"}
-        atomic_write(save_directory / WEIGHTS_NAME, lambda p: save_file(state, p, metadata=metadata))
+        atomic_write(
+            save_directory / WEIGHTS_NAME, lambda p: save_file(state, p, metadata=metadata)
+        )
         text = json.dumps(self.config.to_dict(), indent=2, sort_keys=True)
         atomic_write(save_directory / CONFIG_NAME, lambda p: Path(p).write_text(text))
 
@@ -417,11 +660,15 @@ class PTGRefiner(
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ConfigError(f"Cannot read refiner config {path}: {err}") from err
         if not isinstance(data, dict):
-            raise ConfigError(f"Refiner config {path} must hold a JSON object, got {type(data).__name__}.")
+            raise ConfigError(
+                f"Refiner config {path} must hold a JSON object, got {type(data).__name__}."
+            )
         cfg = RefinerConfig.from_dict(data)
         return cls(**cfg.to_dict())
 
-    def load_weights(self, path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> None:
+    def load_weights(
+        self, path: str | os.PathLike, *, map_location: str | torch.device = "cpu"
+    ) -> None:
         """Load ``model.safetensors`` strictly (keys, shapes and dtypes must match)."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -435,7 +682,9 @@ class PTGRefiner(
             ) from err
         self.load_state_dict_strict(state, source=str(path))
 
-    def load_state_dict_strict(self, state: dict[str, torch.Tensor], *, source: str = "state dict") -> None:
+    def load_state_dict_strict(
+        self, state: dict[str, torch.Tensor], *, source: str = "state dict"
+    ) -> None:
         """Like ``load_state_dict(strict=True)`` with one readable error for every mismatch."""
         own = self.state_dict()
         missing = sorted(set(own) - set(state))
@@ -463,13 +712,239 @@ class PTGRefiner(
             )
         bad = [k for k, v in state.items() if not torch.isfinite(v).all()]
         if bad:
-            raise CheckpointError(f"Weights in {source} contain NaN or Inf values in {_short(bad)}.")
+            raise CheckpointError(
+                f"Weights in {source} contain NaN or Inf values in {_short(bad)}."
+            )
         self.load_state_dict(state, strict=True)
 
 
 def _short(items: list[str], limit: int = 8) -> str:
     shown = ", ".join(items[:limit])
     return f"[{shown}{f', ... and {len(items) - limit} more' if len(items) > limit else ''}]"
+
+
+# ---------------------------------------------------------------------- forward helpers
+_STREAM_MIN_PIXELS = 1536 * 1536  # untiled inference above this size runs in bands/tiles
+_STREAM_TILE = 1024  # the tile used then (the encoder still runs on the whole image)
+
+
+def _tracing() -> bool:
+    """True under torch.compile / torch.export / ONNX export / TorchScript tracing."""
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None:
+        if compiler.is_compiling():
+            return True
+        is_exporting = getattr(compiler, "is_exporting", None)
+        if is_exporting is not None and is_exporting():
+            return True
+    return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
+
+
+def _check_tile(tile: object) -> int:
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 16:
+        raise ConfigError(f"tile must be an integer of at least 16 pixels (or None), got {tile!r}.")
+    return tile
+
+
+def _combine(
+    restored: torch.Tensor, degraded: torch.Tensor, mask_logit: torch.Tensor, residual: torch.Tensor
+) -> torch.Tensor:
+    """Eq. 1: ``restored + (restored - degraded) * tanh(mask_logit) + residual``."""
+    out = torch.addcmul(restored, restored - degraded, torch.tanh(mask_logit))
+    return add_fresh(out, residual)
+
+
+def _model_input(restored: torch.Tensor, degraded: torch.Tensor) -> torch.Tensor:
+    """restored ⊕ degraded, padded to a multiple of 4 (reflect, or replicate for tiny inputs)."""
+    x = torch.cat([restored, degraded], dim=1)
+    if _tracing():
+        return _pad_to_multiple(x, _DOWNSCALE)
+    return _pad_to_multiple(x, _DOWNSCALE).contiguous(memory_format=torch.channels_last)
+
+
+def _conv_with_prior(
+    conv: nn.Conv2d, f: torch.Tensor, prior: torch.Tensor, pos: torch.Tensor
+) -> torch.Tensor:
+    """``conv(f ⊕ broadcast(prior) ⊕ pos)`` without materializing the broadcast prior.
+
+    The prior part of the input is constant over the map, so its contribution is, for every sample,
+    a 3x3 convolution of a map of ones with the taps ``sum_i W[:, i] * prior[i]`` (zero padding
+    removes the taps that fall outside the map, exactly as in the convolution of the constant map).
+    For one sample those taps join the convolution as one more input channel; for several, the
+    contribution is added. ``pos`` (1, c_pos, h, w) is shared by all samples.
+    """
+    b, c, h, w = f.shape
+    n = prior.shape[1]
+    weight = conv.weight
+    taps = torch.einsum("oiyx,bi->boyx", weight[:, c : c + n], prior.to(weight.dtype))
+    main = [weight[:, :c], weight[:, c + n :]]
+    ones = f.new_ones((1, 1, h, w))
+    pos = pos.expand(b, -1, -1, -1).to(f.dtype)
+    if b == 1 and not _tracing():
+        x = _cat_channels_last([f, pos, ones], dim=1)
+        return F.conv2d(x, torch.cat([*main, taps.transpose(0, 1)], dim=1), conv.bias, padding=1)
+    out = F.conv2d(_cat_channels_last([f, pos], dim=1), torch.cat(main, dim=1), conv.bias, padding=1)
+    # The prior's contribution at (y, x) sums the taps whose input pixel lies inside the map:
+    # valid_rows[y, dy] * valid_cols[x, dx] * taps[b, :, dy, dx], built pixels-major (channels_last).
+    k = taps.shape[-1]
+    offsets = torch.arange(k, device=f.device) - k // 2
+    rows = torch.arange(h, device=f.device)[:, None] + offsets
+    cols = torch.arange(w, device=f.device)[:, None] + offsets
+    valid_rows = ((rows >= 0) & (rows < h)).to(taps.dtype)
+    valid_cols = ((cols >= 0) & (cols < w)).to(taps.dtype)
+    const = torch.einsum("yi,xj,boij->byxo", valid_rows, valid_cols, taps)
+    return add_fresh(out, const.permute(0, 3, 1, 2))
+
+
+def _cat_channels_last(tensors: list[torch.Tensor], dim: int) -> torch.Tensor:
+    """``torch.cat`` of (B, C, H, W) maps straight into a channels_last result (one copy each)."""
+    if _tracing():
+        return torch.cat(tensors, dim=dim)
+    shape = list(tensors[0].shape)
+    shape[dim] = sum(t.shape[dim] for t in tensors)
+    t0 = tensors[0]
+    out = torch.empty(shape, dtype=t0.dtype, device=t0.device, memory_format=torch.channels_last)
+    start = 0
+    for t in tensors:
+        out.narrow(dim, start, t.shape[dim]).copy_(t)
+        start += t.shape[dim]
+    return out
+
+
+@dataclass
+class _EncoderStats:
+    """Instance-norm (mean, var) of the encoder's two norms, each (B, C, 1, 1); None: from the map."""
+
+    first: tuple[torch.Tensor, torch.Tensor] | None = None
+    second: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+def _instance_norm(
+    x: torch.Tensor, norm: nn.InstanceNorm2d, stats: tuple[torch.Tensor, torch.Tensor] | None
+) -> torch.Tensor:
+    """Affine instance norm of ``x`` (statistics from ``x``, or the given (mean, var))."""
+    if stats is not None:
+        mean, var = stats
+        scale = torch.rsqrt(var + norm.eps) * norm.weight[:, None, None]
+        shift = norm.bias[:, None, None] - mean * scale
+        return torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype))
+    if _tracing() or not x.is_contiguous(memory_format=torch.channels_last):
+        return F.instance_norm(x, weight=norm.weight, bias=norm.bias, eps=norm.eps)
+    return _InstanceNormChannelsLast.apply(x, norm.weight, norm.bias, norm.eps)
+
+
+class _InstanceNormChannelsLast(torch.autograd.Function):
+    """Affine instance norm of a channels_last map that stays channels_last.
+
+    ``F.instance_norm`` copies its input to the planar layout; here each sample goes through the
+    channels-last batch-norm kernel instead (one sample = one instance), and the backward reduces
+    over pixels with matrix products on the (B, pixels, C) view.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):  # type: ignore[override]
+        parts = [
+            torch.native_batch_norm(x[i : i + 1], weight, bias, None, None, True, 0.0, eps)
+            for i in range(x.shape[0])
+        ]
+        out = parts[0][0] if len(parts) == 1 else _cat_channels_last([p[0] for p in parts], dim=0)
+        mean = torch.stack([p[1] for p in parts])
+        invstd = torch.stack([p[2] for p in parts])
+        ctx.save_for_backward(x, weight, mean, invstd)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, weight, mean, invstd = ctx.saved_tensors
+        b, c, h, w = x.shape
+        n = h * w
+        g = grad.permute(0, 2, 3, 1).reshape(b, n, c)  # a view for channels_last grads
+        xs = x.permute(0, 2, 3, 1).reshape(b, n, c)
+        ones = g.new_ones((b, 1, n))
+        g_sum = (ones @ g).view(b, c)  # sum over pixels
+        gx_sum = (ones @ (g * xs)).view(b, c)
+        mean_, invstd_ = mean.to(x.dtype), invstd.to(x.dtype)
+        gxhat_sum = (gx_sum - mean_ * g_sum) * invstd_  # sum over pixels of grad * x_hat
+        grad_weight = gxhat_sum.sum(0) if ctx.needs_input_grad[1] else None
+        grad_bias = g_sum.sum(0) if ctx.needs_input_grad[2] else None
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            scale = (weight * invstd_)[:, None, :]  # (B, 1, C)
+            # grad_x = scale * (g - mean(g) - x_hat * mean(g * x_hat))
+            coef = (gxhat_sum * invstd_ / n)[:, None, :]
+            shift = (g_sum / n)[:, None, :] - coef * mean_[:, None, :]
+            grad_x = torch.addcmul(shift, xs, coef).neg_().add_(g).mul_(scale)
+            grad_x = grad_x.view(b, h, w, c).permute(0, 3, 1, 2)
+        return grad_x, grad_weight, grad_bias, None
+
+
+class _MomentAccumulator:
+    """Per-(sample, channel) mean and variance of a map seen in pieces (float64 sums)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.sum: torch.Tensor | float = 0.0
+        self.sum_sq: torch.Tensor | float = 0.0
+
+    def add(self, x: torch.Tensor) -> None:
+        self.count += x.shape[-2] * x.shape[-1]
+        self.sum = self.sum + x.sum(dim=(2, 3), keepdim=True, dtype=torch.float64)
+        self.sum_sq = self.sum_sq + x.square().sum(dim=(2, 3), keepdim=True, dtype=torch.float64)
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        assert isinstance(self.sum, torch.Tensor) and isinstance(self.sum_sq, torch.Tensor)
+        mean = self.sum / self.count
+        var = (self.sum_sq / self.count - mean.square()).clamp_min(0.0)
+        return mean.float(), var.float()
+
+
+class _PaddedPair:
+    """Windows of ``restored ⊕ degraded`` padded to a multiple (as ``_pad_to_multiple`` pads)."""
+
+    def __init__(self, restored: torch.Tensor, degraded: torch.Tensor, multiple: int) -> None:
+        self.restored, self.degraded = restored, degraded
+        h, w = restored.shape[-2:]
+        self.height, self.width = h + (-h) % multiple, w + (-w) % multiple
+        self.reflect = self.height - h < h and self.width - w < w
+
+    def _index(self, start: int, stop: int, size: int, device: torch.device) -> torch.Tensor:
+        idx = torch.arange(start, stop, device=device)
+        if self.reflect:
+            return torch.where(idx < size, idx, 2 * (size - 1) - idx)
+        return idx.clamp_max(size - 1)
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+        """Window rows [y0, y1), columns [x0, x1) of the padded pair, (B, 2C, h, w) channels_last."""
+        r, d = self.restored, self.degraded
+        h, w = r.shape[-2:]
+        b, c = r.shape[:2]
+        shape = (b, 2 * c, y1 - y0, x1 - x0)
+        out = torch.empty(shape, dtype=r.dtype, device=r.device, memory_format=torch.channels_last)
+        for i, img in enumerate((r, d)):
+            if y1 <= h and x1 <= w:
+                part = img[:, :, y0:y1, x0:x1]
+            else:
+                part = img.index_select(2, self._index(y0, y1, h, img.device))
+                part = part.index_select(3, self._index(x0, x1, w, img.device))
+            out[:, i * c : (i + 1) * c] = part
+        return out
+
+
+def _tap_major(t: torch.Tensor, k: int) -> torch.Tensor:
+    """Reorder output channels (channel, tap) -> (tap, channel) of a kernel predictor's weight/bias."""
+    return t.unflatten(0, (-1, k * k)).transpose(0, 1).flatten(0, 1)
+
+
+def _spans(size: int, step: int) -> list[tuple[int, int]]:
+    """[0, size) cut into consecutive spans of at most ``step`` (the last one may be shorter)."""
+    return [(a, min(a + step, size)) for a in range(0, size, step)]
+
+
+def _grow(
+    region: tuple[int, int, int, int], margin: int, size: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    y0, y1, x0, x1 = region
+    return max(y0 - margin, 0), min(y1 + margin, size[0]), max(x0 - margin, 0), min(x1 + margin, size[1])
 
 
 def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -480,5 +955,3 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
         return x
     mode = "reflect" if ph < h and pw < w else "replicate"
     return F.pad(x, (0, pw, 0, ph), mode=mode)
-
-
