@@ -398,6 +398,7 @@ class SyntheticPairs(_Seeded, Dataset):
         channels: ``None`` keeps each image's channels, ``1`` gray (BT.601), ``3`` RGB.
         fixed: Item ``i`` depends only on ``(seed, i)`` (validation sets); otherwise every access
             differs but the sequence is reproducible (see module docstring).
+        names: One name per clean image (default: file stems, or ``000000``... for tensors).
         **degradation_kwargs: Options of the task's degradation, e.g. ``sigma=50``.
 
     Raises:
@@ -420,6 +421,7 @@ class SyntheticPairs(_Seeded, Dataset):
         seed: int = 0,
         channels: int | None = None,
         fixed: bool = False,
+        names: Sequence[str] | None = None,
         **degradation_kwargs: Any,
     ) -> None:
         self._init_seeding(seed, fixed)
@@ -432,9 +434,13 @@ class SyntheticPairs(_Seeded, Dataset):
             raise ConfigError(f"channels must be None, 1 (gray) or 3 (RGB), got {channels!r}.")
         self.channels = channels
         self.sources: list[Path | torch.Tensor] = self._collect(clean)
-        self.stems = [
-            s.stem if isinstance(s, Path) else f"{i:06d}" for i, s in enumerate(self.sources)
-        ]
+        if names is not None and len(names) != len(self.sources):
+            raise ConfigError(f"names has {len(names)} entries for {len(self.sources)} images.")
+        self.stems = (
+            [str(n) for n in names]
+            if names is not None
+            else [s.stem if isinstance(s, Path) else f"{i:06d}" for i, s in enumerate(self.sources)]
+        )
         if length is not None and (not isinstance(length, int) or length < 1):
             raise ConfigError(f"length must be a positive int or None, got {length!r}.")
         self.length = len(self.sources) if length is None else int(length)

@@ -1,0 +1,123 @@
+"""Loading the user's base restoration network from a command-line spec.
+
+A spec is one of:
+
+* ``identity``: no base network (the refiner works on the degraded image directly);
+* a TorchScript file (``model.pt`` saved with ``torch.jit.save``);
+* ``package.module:factory``: a callable returning an ``nn.Module`` (a class or a function), with
+  optional weights from ``--base-weights FILE`` (safetensors, or a state dict read with
+  ``torch.load(weights_only=True)``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError, ConfigError
+
+__all__ = ["TinyRestorer", "load_base", "load_state_dict_file"]
+
+
+class TinyRestorer(nn.Module):
+    """A small DnCNN-style residual CNN; the demo's stand-in for a user's restoration network.
+
+    Args:
+        channels: image channels.
+        width: feature channels.
+        depth: number of 3x3 convolutions.
+
+    Shape:
+        x: (B, C, H, W) -> (B, C, H, W)
+    """
+
+    def __init__(self, channels: int = 3, width: int = 32, depth: int = 5) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True)]
+        for _ in range(depth - 2):
+            layers += [nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True)]
+        layers.append(nn.Conv2d(width, channels, 3, padding=1))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.body(x)
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict from safetensors, or from a torch file with ``weights_only=True``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Weights file {path} does not exist.")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt or unsupported content
+        raise CheckpointError(
+            f"Cannot read weights file {path}: {err}. Use a safetensors file or a plain state dict "
+            "saved with torch.save(model.state_dict(), path)."
+        ) from err
+    for key in ("state_dict", "model", "params"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors.")
+    return state
+
+
+def load_base(spec: str, *, weights: str | os.PathLike | None = None) -> nn.Module:
+    """Build the base network described by ``spec`` (see the module docstring).
+
+    Args:
+        spec: ``identity``, a TorchScript file, or ``package.module:factory``.
+        weights: optional weights file for a ``module:factory`` spec (loaded strictly).
+
+    Raises:
+        ConfigError: the spec cannot be resolved (with what was tried).
+        CheckpointError: the weights file is unreadable or does not match the network.
+    """
+    if spec == "identity":
+        if weights is not None:
+            raise ConfigError("--base identity takes no weights.")
+        return nn.Identity()
+    path = Path(spec)
+    if path.is_file():
+        if weights is not None:
+            raise ConfigError("A TorchScript base already holds its weights; drop --base-weights.")
+        try:
+            return torch.jit.load(str(path), map_location="cpu")
+        except Exception as err:
+            raise ConfigError(
+                f"Cannot load {path} as TorchScript ({err}). Save the network with "
+                "torch.jit.save(torch.jit.script(model), path), or use --base package.module:factory."
+            ) from err
+    if ":" not in spec:
+        raise ConfigError(
+            f"Unknown base spec {spec!r}: not 'identity', not an existing TorchScript file, and not of "
+            "the form 'package.module:factory'."
+        )
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(f"Cannot import {module_name!r} for base spec {spec!r}: {err}") from err
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        raise ConfigError(f"{module_name!r} has no callable {attr!r} (base spec {spec!r}).")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{spec} returned {type(model).__name__}, not an nn.Module.")
+    if weights is not None:
+        state = load_state_dict_file(weights)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            raise CheckpointError(f"Weights {weights} do not match {spec}: {err}") from err
+    return model
