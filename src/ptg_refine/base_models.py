@@ -3,7 +3,8 @@
 A spec is one of:
 
 * ``identity``: no base network (the refiner works on the degraded image directly);
-* a TorchScript file (``model.pt`` saved with ``torch.jit.save``);
+* a TorchScript file (``model.pt`` saved with ``torch.jit.save``) or a ``torch.export`` program
+  (``model.pt2`` saved with ``torch.export.save``; export it with dynamic height and width);
 * ``package.module:factory``: a callable returning an ``nn.Module`` (a class or a function), with
   optional weights from ``--base-weights FILE`` (safetensors, or a state dict read with
   ``torch.load(weights_only=True)``).
@@ -47,6 +48,23 @@ class TinyRestorer(nn.Module):
         return x - self.body(x)
 
 
+class _ExportedBase(nn.Module):
+    """Holds a ``torch.export`` module, which refuses ``train()`` / ``eval()`` (it is inference-only).
+
+    Exported programs are specialized to the device they were exported on; export on the device you
+    run on.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        object.__setattr__(
+            self, "_program", module
+        )  # not a child: train()/eval() must not reach it
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._program(x)
+
+
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a state dict from safetensors, or from a torch file with ``weights_only=True``."""
     path = Path(path)
@@ -76,7 +94,7 @@ def load_base(spec: str, *, weights: str | os.PathLike | None = None) -> nn.Modu
     """Build the base network described by ``spec`` (see the module docstring).
 
     Args:
-        spec: ``identity``, a TorchScript file, or ``package.module:factory``.
+        spec: ``identity``, a TorchScript or ``.pt2`` file, or ``package.module:factory``.
         weights: optional weights file for a ``module:factory`` spec (loaded strictly).
 
     Raises:
@@ -90,7 +108,15 @@ def load_base(spec: str, *, weights: str | os.PathLike | None = None) -> nn.Modu
     path = Path(spec)
     if path.is_file():
         if weights is not None:
-            raise ConfigError("A TorchScript base already holds its weights; drop --base-weights.")
+            raise ConfigError("A saved program already holds its weights; drop --base-weights.")
+        if path.suffix == ".pt2":
+            try:
+                return _ExportedBase(torch.export.load(str(path)).module())
+            except Exception as err:
+                raise ConfigError(
+                    f"Cannot load {path} as a torch.export program ({err}). Save it with "
+                    "torch.export.save(torch.export.export(model, (example,)), path)."
+                ) from err
         try:
             return torch.jit.load(str(path), map_location="cpu")
         except Exception as err:

@@ -33,11 +33,15 @@ def _add_base_args(p: argparse.ArgumentParser, required: bool = False) -> None:
         metavar="FILE",
         help="weights for a 'module:factory' base (safetensors or a torch state dict)",
     )
-    p.add_argument("--output-index", type=int, default=None, help="take item N of a base that returns a tuple")
+    p.add_argument(
+        "--output-index", type=int, default=None, help="take item N of a base that returns a tuple"
+    )
 
 
 def _add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    p.add_argument(
+        "--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,11 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="refine an image or a folder of images")
     p.add_argument("-i", "--input", required=True, help="image file or folder of degraded images")
     p.add_argument("-o", "--output", required=True, help="output file (for one image) or folder")
-    p.add_argument("--refiner", required=True, metavar="SPEC", help="alias, Hub repo 'org/name' or folder")
+    p.add_argument(
+        "--refiner", required=True, metavar="SPEC", help="alias, Hub repo 'org/name' or folder"
+    )
     p.add_argument("--encoder", default=None, metavar="SPEC", help="override the refiner's encoder")
     _add_base_args(p)
     _add_device(p)
-    p.add_argument("--tile", type=int, default=None, help="process in tiles of this size (bounded memory)")
+    p.add_argument(
+        "--tile", type=int, default=None, help="process in tiles of this size (bounded memory)"
+    )
     p.add_argument("--tile-overlap", type=int, default=32, help="overlap between tiles in pixels")
     p.add_argument("--save-base", action="store_true", help="also save the base network's output")
     p.add_argument("--local-files-only", action="store_true", help="never touch the network")
@@ -70,9 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--task", choices=_TASKS, help="synthetic degradation for --clean")
     data.add_argument("--val-lq", help="validation degraded folder")
     data.add_argument("--val-gt", help="validation ground-truth folder")
-    data.add_argument("--channels", type=int, choices=(1, 3), default=3, help="image channels (default 3)")
+    data.add_argument(
+        "--channels", type=int, choices=(1, 3), default=3, help="image channels (default 3)"
+    )
     _add_base_args(p)
-    p.add_argument("--encoder", default="stats", metavar="SPEC", help="prior encoder (default: stats)")
+    p.add_argument(
+        "--encoder", default="stats", metavar="SPEC", help="prior encoder (default: stats)"
+    )
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--crop", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8)
@@ -82,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="mixed precision")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--width", type=int, default=16, help="refiner width c (default 16)")
-    p.add_argument("--out", required=True, help="output folder (refiner/, checkpoint.pt, log.jsonl)")
+    p.add_argument(
+        "--out", required=True, help="output folder (refiner/, checkpoint.pt, log.jsonl)"
+    )
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--checkpoint-every", type=int, default=200)
     _add_device(p)
@@ -93,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lq", help="folder of degraded images (run --base/--refiner on them)")
     p.add_argument("--refiner", metavar="SPEC", help="refiner alias, repo or folder (with --lq)")
     _add_base_args(p)
-    p.add_argument("--y-channel", action="store_true", help="measure on BT.601 Y (deraining protocol)")
+    p.add_argument(
+        "--y-channel", action="store_true", help="measure on BT.601 Y (deraining protocol)"
+    )
     p.add_argument("--crop-border", type=int, default=0)
     p.add_argument("--channels", type=int, choices=(1, 3), default=None)
     p.add_argument("--out", default=None, help="folder for metrics.csv / metrics.json / grids")
@@ -111,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo-out", help="output folder (default: %(default)s)")
     p.add_argument("--task", choices=_TASKS, default="denoise")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="fewer steps (a smoke test, under a minute)")
+    p.add_argument(
+        "--quick", action="store_true", help="fewer steps (a smoke test, under a minute)"
+    )
     return parser
 
 
@@ -119,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
     )
     try:
         return _COMMANDS[args.command](args)
@@ -139,14 +158,20 @@ def _load_model(args: argparse.Namespace, refiner_spec: str, encoder: str | None
     from .refiner import PTGRefiner
     from .wrap import refine
 
-    refiner = PTGRefiner.from_pretrained(refiner_spec, local_files_only=getattr(args, "local_files_only", False))
+    refiner = PTGRefiner.from_pretrained(
+        refiner_spec, local_files_only=getattr(args, "local_files_only", False)
+    )
     base = load_base(args.base, weights=args.base_weights)
     model = refine(
         base,
         refiner,
         encoder=encoder,
         output=args.output_index,
-        **({"tile": args.tile, "tile_overlap": args.tile_overlap} if getattr(args, "tile", None) else {}),
+        **(
+            {"tile": args.tile, "tile_overlap": args.tile_overlap}
+            if getattr(args, "tile", None)
+            else {}
+        ),
     )
     return model.to(torch.device(args.device)).eval()
 
@@ -173,12 +198,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     channels = model.refiner.in_channels
     device = torch.device(args.device)
     with torch.inference_mode():
-        for f, out in zip(tqdm(files, unit="image", desc="refine", disable=len(files) < 2), outputs):
+        for f, out in zip(
+            tqdm(files, unit="image", desc="refine", disable=len(files) < 2), outputs
+        ):
             x = read_image(f, channels=channels)[None].to(device)
             res = model.forward_all(x)
             write_image(out, res.refined[0].clamp(0, 1).cpu())
             if args.save_base:
-                write_image(out.with_name(out.stem + "_base.png"), res.restored[0].clamp(0, 1).cpu())
+                write_image(
+                    out.with_name(out.stem + "_base.png"), res.restored[0].clamp(0, 1).cpu()
+                )
     print(f"wrote {len(files)} image(s) to {dst}")
     return 0
 
@@ -194,17 +223,30 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.clean:
         if not args.task:
             raise _usage("--clean needs --task (one of " + ", ".join(_TASKS) + ")")
-        train = SyntheticPairs(args.clean, args.task, crop=args.crop, augment=True, seed=args.seed, channels=args.channels)
+        train = SyntheticPairs(
+            args.clean,
+            args.task,
+            crop=args.crop,
+            augment=True,
+            seed=args.seed,
+            channels=args.channels,
+        )
     elif args.lq and args.gt:
-        train = PairedFolder(args.lq, args.gt, crop=args.crop, augment=True, seed=args.seed, channels=args.channels)
+        train = PairedFolder(
+            args.lq, args.gt, crop=args.crop, augment=True, seed=args.seed, channels=args.channels
+        )
     else:
         raise _usage("give --lq DIR --gt DIR, or --clean DIR --task TASK")
     val = None
     if args.val_lq and args.val_gt:
         val = PairedFolder(args.val_lq, args.val_gt, channels=args.channels)
     base = load_base(args.base, weights=args.base_weights)
-    refiner = PTGRefiner(encoder=args.encoder, embed_dim=None, in_channels=args.channels, width=args.width)
-    model = refine(base, refiner, freeze_base=not args.joint, output=args.output_index).to(torch.device(args.device))
+    refiner = PTGRefiner(
+        encoder=args.encoder, embed_dim=None, in_channels=args.channels, width=args.width
+    )
+    model = refine(base, refiner, freeze_base=not args.joint, output=args.output_index).to(
+        torch.device(args.device)
+    )
     result = fit(
         model,
         train,
@@ -220,7 +262,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         device=args.device,
     )
-    print(json.dumps({"out": str(args.out), "steps": result.steps, "seconds": round(result.seconds, 1)}))
+    print(
+        json.dumps(
+            {"out": str(args.out), "steps": result.steps, "seconds": round(result.seconds, 1)}
+        )
+    )
     return 0
 
 
@@ -229,7 +275,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     if args.pred:
         res = evaluate_folders(
-            args.pred, args.gt, y_channel=args.y_channel, crop_border=args.crop_border, out_dir=args.out
+            args.pred,
+            args.gt,
+            y_channel=args.y_channel,
+            crop_border=args.crop_border,
+            out_dir=args.out,
         )
     elif args.lq and args.refiner:
         from .train import PairedFolder

@@ -53,7 +53,9 @@ _TASK_KW: dict[str, dict[str, Any]] = {
 }
 
 
-def load_photos(names: tuple[str, ...], *, channels: int = 3, max_side: int = 512) -> list[torch.Tensor]:
+def load_photos(
+    names: tuple[str, ...], *, channels: int = 3, max_side: int = 512
+) -> list[torch.Tensor]:
     """Bundled scikit-image photographs as (C, H, W) float tensors in [0, 1]."""
     try:
         import skimage.data
@@ -128,7 +130,14 @@ def run_demo(
         train_imgs, task, crop=sched["crop"], augment=True, seed=seed, names=TRAIN_IMAGES, **kw
     )
     test = SyntheticPairs(
-        test_imgs, task, crop=None, augment=False, seed=seed + 10_000, fixed=True, names=TEST_IMAGES, **kw
+        test_imgs,
+        task,
+        crop=None,
+        augment=False,
+        seed=seed + 10_000,
+        fixed=True,
+        names=TEST_IMAGES,
+        **kw,
     )
 
     base = TinyRestorer(channels=3)
