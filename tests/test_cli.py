@@ -180,6 +180,7 @@ def test_train_with_synthetic_pairs_and_module_base(tmp_path, capsys):
     assert (tmp_path / "o" / "refiner" / "model.safetensors").is_file()
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated, still supported
 def test_torchscript_base(tmp_path, capsys):
     lq, _ = _pairs(tmp_path, 1)
     scripted = torch.jit.script(nn.Conv2d(3, 3, 3, padding=1))
