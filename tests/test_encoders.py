@@ -42,7 +42,21 @@ SPECS = {
     "stats": "stats",
     "open_clip": "open_clip:ViT-B-32@random",
     "timm": "timm:test_vit@random",
+    "student": "student:<a tiny distilled student saved by the test>",
 }
+
+
+def _spec(name: str) -> str:
+    """The spec to build; the student's folder is written on first use."""
+    if name == "student" and "<" in SPECS["student"]:
+        import tempfile
+
+        from ptg_refine.distill import StudentEncoder
+
+        folder = tempfile.mkdtemp(prefix="ptg-student-")
+        StudentEncoder(dim=8, input_size=32, widths=(8, 16), hidden=16).save_pretrained(folder)
+        SPECS["student"] = f"student:{folder}"
+    return SPECS[name]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -63,7 +77,7 @@ def built() -> dict[str, Encoder]:
 def get_encoder(built: dict[str, Encoder], name: str) -> Encoder:
     if name not in built:
         pytest.importorskip({"open_clip": "open_clip", "timm": "timm"}.get(name, "torch"))
-        built[name] = create_encoder(SPECS[name])
+        built[name] = create_encoder(_spec(name))
     return built[name]
 
 

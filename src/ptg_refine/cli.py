@@ -130,6 +130,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quick", action="store_true", help="fewer steps (a smoke test, under a minute)"
     )
+
+    p = sub.add_parser("distill", help="distill an encoder into a small, fast student CNN")
+    p.add_argument("--teacher", required=True, metavar="SPEC", help="encoder spec to imitate")
+    p.add_argument(
+        "--images", required=True, help="folder of clean (or, --degraded, degraded) images"
+    )
+    p.add_argument(
+        "--task",
+        choices=_TASKS,
+        action="append",
+        default=None,
+        help="degradation (repeatable; default: a mix of all tasks)",
+    )
+    p.add_argument("--degraded", action="store_true", help="images are degraded already")
+    p.add_argument("--val-images", default=None, help="folder of held-out images")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--crop", type=int, default=256)
+    p.add_argument("--num-crops", type=int, default=1024, help="cached training crops")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--input-size", type=int, default=128, help="student input side (default 128)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder (student + metrics.json)")
+    _add_device(p)
     return parser
 
 
@@ -327,6 +351,30 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_distill(args: argparse.Namespace) -> int:
+    from .distill import distill_encoder
+
+    result = distill_encoder(
+        args.teacher,
+        args.images,
+        task=args.task,
+        degraded=args.degraded,
+        val_images=args.val_images,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        crop=args.crop,
+        num_crops=args.num_crops,
+        lr=args.lr,
+        student_kwargs={"input_size": args.input_size},
+        seed=args.seed,
+        out_dir=args.out,
+        progress=True,
+        device=args.device,
+    )
+    print(json.dumps({"out": str(args.out), **result.summary()}, indent=2))
+    return 0
+
+
 def _usage(message: str) -> PTGError:
     from .errors import ConfigError
 
@@ -340,6 +388,7 @@ _COMMANDS = {
     "encoders": _cmd_encoders,
     "download": _cmd_download,
     "demo": _cmd_demo,
+    "distill": _cmd_distill,
 }
 
 if __name__ == "__main__":  # pragma: no cover
