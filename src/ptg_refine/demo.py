@@ -42,7 +42,7 @@ TEST_IMAGES = ("coffee", "chelsea")
 
 # steps, crop, batch for (base, refiner); quick mode is a smoke test only
 _SCHEDULE = {
-    False: {"base_steps": 400, "refiner_steps": 700, "crop": 64, "batch": 8},
+    False: {"base_steps": 300, "refiner_steps": 400, "crop": 64, "batch": 8},
     True: {"base_steps": 40, "refiner_steps": 60, "crop": 48, "batch": 4},
 }
 _TASK_KW: dict[str, dict[str, Any]] = {

@@ -27,7 +27,9 @@ from .layers import (
     PriorMapping,
     ResidualBlock,
     TransformerBlock,
+    _recording,
     add_fresh,
+    is_tracing,
     lrelu,
     per_pixel_conv,
 )
@@ -312,9 +314,12 @@ class PTGRefiner(
         if tile is not None:
             tile = _check_tile(tile)
         if self._streamable(restored, features):
-            h, w = restored.shape[-2:]
-            if tile is None and h * w > _STREAM_MIN_PIXELS:
-                return self._forward_streamed(restored, degraded, features, _STREAM_TILE, True)
+            pixels = restored.shape[0] * restored.shape[-2] * restored.shape[-1]
+            if tile is None and pixels > _STREAM_MIN_PIXELS:
+                dense_encoder = pixels <= _DENSE_ENCODER_MAX_PIXELS
+                return self._forward_streamed(
+                    restored, degraded, features, _STREAM_TILE, dense_encoder
+                )
             if tile is not None:
                 return self._forward_streamed(restored, degraded, features, tile, False)
         elif tile is not None:
@@ -325,7 +330,9 @@ class PTGRefiner(
         mask_logit, residual = self._predict(restored, degraded, features)
         return _combine(restored, degraded, mask_logit, residual)
 
-    def _validate(self, restored: torch.Tensor, degraded: torch.Tensor, features: torch.Tensor) -> None:
+    def _validate(
+        self, restored: torch.Tensor, degraded: torch.Tensor, features: torch.Tensor
+    ) -> None:
         ch = self.config.in_channels
         _checks.check_image(restored, "restored", channels=ch)
         _checks.check_image(degraded, "degraded", channels=ch)
@@ -335,7 +342,7 @@ class PTGRefiner(
 
     def _streamable(self, restored: torch.Tensor, features: torch.Tensor) -> bool:
         """Whether the band/tile engine may run: eager mode and no autograd graph to record."""
-        if _tracing():
+        if is_tracing():
             return False
         if not torch.is_grad_enabled():
             return True
@@ -414,22 +421,32 @@ class PTGRefiner(
     ) -> torch.Tensor:
         """PTG-CSA and fusion: f̄ = R_f(f̂·M_c ⊕ f̂·M_s) + f̂, (B, c, h, w)."""
         pos = self.pos_csa(1, size[0], size[1], like=f_hat, region=region)
-        hidden = lrelu(_conv_with_prior(self.kernel_conv1, f_hat, prior, pos), inplace=True)
+        # Training: oneDNN's backward of the wide kernel-predictor convolutions is about twice
+        # as fast in the planar layout, so this block runs planar when a graph is recorded.
+        planar = _recording(f_hat, self.kernel_conv2.weight) and not is_tracing()
+        if planar:
+            f_hat, pos = f_hat.contiguous(), pos.contiguous()
+        hidden = _conv_with_prior(self.kernel_conv1, f_hat, prior, pos, channels_last=not planar)
+        hidden = lrelu(hidden, inplace=True)
         k = self.config.kernel_size
-        if _tracing() or hidden.is_contiguous():
+        if is_tracing() or hidden.is_contiguous():
             kernels = self.kernel_conv2(hidden)
             attn = per_pixel_conv(f_hat, kernels, k)
         else:
             # channels_last: predict the kernels tap-major (output channels reordered from
             # (channel, tap) to (tap, channel)) so that each tap's kernels are contiguous per pixel.
             kernels = F.conv2d(
-                hidden, _tap_major(self.kernel_conv2.weight, k), _tap_major(self.kernel_conv2.bias, k), padding=1
+                hidden,
+                _tap_major(self.kernel_conv2.weight, k),
+                _tap_major(self.kernel_conv2.bias, k),
+                padding=1,
             )
             attn = per_pixel_conv(f_hat, kernels, k, tap_major=True)
         del hidden, kernels
         spatial = torch.sigmoid(self.spatial_conv(lrelu(attn, inplace=True)))
         fused = torch.cat([f_hat * channel[:, :, None, None], f_hat * spatial], dim=1)
-        return add_fresh(self.fuse(fused), f_hat)
+        f_bar = add_fresh(self.fuse(fused), f_hat)
+        return f_bar.contiguous(memory_format=torch.channels_last) if planar else f_bar
 
     def _decode(self, f_bar: torch.Tensor) -> torch.Tensor:
         """Decoder R_d: (B, c, h, w) -> mask logits ⊕ residual (B, 2 C_img, 4h, 4w)."""
@@ -479,7 +496,9 @@ class PTGRefiner(
                 range_map = self._range_map(part, prior_m, size, (lo, hi, 0, fw))
                 short = self.short_range(part)
                 crop = slice(a - lo, b - lo)
-                f_hat[:, :, a:b] = torch.lerp(long[:, :, a:b], short[:, :, crop], range_map[:, :, crop])
+                f_hat[:, :, a:b] = torch.lerp(
+                    long[:, :, a:b], short[:, :, crop], range_map[:, :, crop]
+                )
             del f, long
 
             channel = self._channel_gate(f_hat, prior_c)
@@ -493,7 +512,9 @@ class PTGRefiner(
                     part = f_hat[:, :, r5[0] : r5[1], r5[2] : r5[3]]
                     f_bar = self._csa(part, channel, prior_c, size, r5)
                     r2 = _grow((y0, y1, x0, x1), 2, size)
-                    f_bar = f_bar[:, :, r2[0] - r5[0] : r2[1] - r5[0], r2[2] - r5[2] : r2[3] - r5[2]]
+                    f_bar = f_bar[
+                        :, :, r2[0] - r5[0] : r2[1] - r5[0], r2[2] - r5[2] : r2[3] - r5[2]
+                    ]
                     y = self._decode(f_bar)
                     s = _DOWNSCALE
                     ya, yb = s * y0, min(s * y1, height)
@@ -553,7 +574,10 @@ class PTGRefiner(
             if f is None:
                 b, c = y.shape[:2]
                 f = torch.empty(
-                    (b, c, fh, fw), dtype=y.dtype, device=y.device, memory_format=torch.channels_last
+                    (b, c, fh, fw),
+                    dtype=y.dtype,
+                    device=y.device,
+                    memory_format=torch.channels_last,
                 )
             y0, y1, x0, x1 = tile
             f[:, :, y0:y1, x0:x1] = y[:, :, y0 - r[0] : y1 - r[0], x0 - r[2] : x1 - r[2]]
@@ -724,20 +748,9 @@ def _short(items: list[str], limit: int = 8) -> str:
 
 
 # ---------------------------------------------------------------------- forward helpers
-_STREAM_MIN_PIXELS = 1536 * 1536  # untiled inference above this size runs in bands/tiles
-_STREAM_TILE = 1024  # the tile used then (the encoder still runs on the whole image)
-
-
-def _tracing() -> bool:
-    """True under torch.compile / torch.export / ONNX export / TorchScript tracing."""
-    compiler = getattr(torch, "compiler", None)
-    if compiler is not None:
-        if compiler.is_compiling():
-            return True
-        is_exporting = getattr(compiler, "is_exporting", None)
-        if is_exporting is not None and is_exporting():
-            return True
-    return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
+_STREAM_MIN_PIXELS = 1536 * 1536  # untiled inference above this many pixels (whole batch) streams
+_STREAM_TILE = 1024  # the tile used then
+_DENSE_ENCODER_MAX_PIXELS = 2048 * 2048  # up to this size the encoder still runs on the whole image
 
 
 def _check_tile(tile: object) -> int:
@@ -756,14 +769,22 @@ def _combine(
 
 def _model_input(restored: torch.Tensor, degraded: torch.Tensor) -> torch.Tensor:
     """restored ⊕ degraded, padded to a multiple of 4 (reflect, or replicate for tiny inputs)."""
-    x = torch.cat([restored, degraded], dim=1)
-    if _tracing():
-        return _pad_to_multiple(x, _DOWNSCALE)
-    return _pad_to_multiple(x, _DOWNSCALE).contiguous(memory_format=torch.channels_last)
+    if is_tracing():
+        # Branch-free for symbolic sizes (export needs H, W >= 4: then reflect always applies).
+        x = torch.cat([restored, degraded], dim=1)
+        h, w = x.shape[-2:]
+        return F.pad(x, (0, (-w) % _DOWNSCALE, 0, (-h) % _DOWNSCALE), mode="reflect")
+    pair = _PaddedPair(restored, degraded, _DOWNSCALE)
+    return pair.read(0, pair.height, 0, pair.width)
 
 
 def _conv_with_prior(
-    conv: nn.Conv2d, f: torch.Tensor, prior: torch.Tensor, pos: torch.Tensor
+    conv: nn.Conv2d,
+    f: torch.Tensor,
+    prior: torch.Tensor,
+    pos: torch.Tensor,
+    *,
+    channels_last: bool = True,
 ) -> torch.Tensor:
     """``conv(f ⊕ broadcast(prior) ⊕ pos)`` without materializing the broadcast prior.
 
@@ -780,25 +801,28 @@ def _conv_with_prior(
     main = [weight[:, :c], weight[:, c + n :]]
     ones = f.new_ones((1, 1, h, w))
     pos = pos.expand(b, -1, -1, -1).to(f.dtype)
-    if b == 1 and not _tracing():
-        x = _cat_channels_last([f, pos, ones], dim=1)
+    cat = _cat_channels_last if channels_last else torch.cat
+    if b == 1 and not is_tracing():
+        x = cat([f, pos, ones], dim=1)
         return F.conv2d(x, torch.cat([*main, taps.transpose(0, 1)], dim=1), conv.bias, padding=1)
-    out = F.conv2d(_cat_channels_last([f, pos], dim=1), torch.cat(main, dim=1), conv.bias, padding=1)
+    out = F.conv2d(cat([f, pos], dim=1), torch.cat(main, dim=1), conv.bias, padding=1)
     # The prior's contribution at (y, x) sums the taps whose input pixel lies inside the map:
-    # valid_rows[y, dy] * valid_cols[x, dx] * taps[b, :, dy, dx], built pixels-major (channels_last).
+    # valid_rows[y, dy] * valid_cols[x, dx] * taps[b, :, dy, dx], built in the layout of ``out``.
     k = taps.shape[-1]
     offsets = torch.arange(k, device=f.device) - k // 2
     rows = torch.arange(h, device=f.device)[:, None] + offsets
     cols = torch.arange(w, device=f.device)[:, None] + offsets
     valid_rows = ((rows >= 0) & (rows < h)).to(taps.dtype)
     valid_cols = ((cols >= 0) & (cols < w)).to(taps.dtype)
+    if not channels_last:
+        return add_fresh(out, torch.einsum("yi,xj,boij->boyx", valid_rows, valid_cols, taps))
     const = torch.einsum("yi,xj,boij->byxo", valid_rows, valid_cols, taps)
     return add_fresh(out, const.permute(0, 3, 1, 2))
 
 
 def _cat_channels_last(tensors: list[torch.Tensor], dim: int) -> torch.Tensor:
     """``torch.cat`` of (B, C, H, W) maps straight into a channels_last result (one copy each)."""
-    if _tracing():
+    if is_tracing():
         return torch.cat(tensors, dim=dim)
     shape = list(tensors[0].shape)
     shape[dim] = sum(t.shape[dim] for t in tensors)
@@ -822,15 +846,31 @@ class _EncoderStats:
 def _instance_norm(
     x: torch.Tensor, norm: nn.InstanceNorm2d, stats: tuple[torch.Tensor, torch.Tensor] | None
 ) -> torch.Tensor:
-    """Affine instance norm of ``x`` (statistics from ``x``, or the given (mean, var))."""
+    """Affine instance norm of ``x`` (statistics from ``x``, or the given (mean, var)).
+
+    ``x`` must be a fresh map that nothing else reads: without autograd it is normalized in place.
+    """
     if stats is not None:
         mean, var = stats
         scale = torch.rsqrt(var + norm.eps) * norm.weight[:, None, None]
         shift = norm.bias[:, None, None] - mean * scale
         return torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype))
-    if _tracing() or not x.is_contiguous(memory_format=torch.channels_last):
+    if is_tracing() or not x.is_contiguous(memory_format=torch.channels_last):
         return F.instance_norm(x, weight=norm.weight, bias=norm.bias, eps=norm.eps)
-    return _InstanceNormChannelsLast.apply(x, norm.weight, norm.bias, norm.eps)
+    if _recording(x, norm.weight, norm.bias) or x.device.type != "cpu":
+        return _InstanceNormChannelsLast.apply(x, norm.weight, norm.bias, norm.eps)
+    # No graph: normalize the fresh map in place, one sample (= one instance) at a time. The
+    # batch-norm kernel reduces the whole input before it writes any output element.
+    b, c = x.shape[:2]
+    stat_dtype = norm.weight.dtype if norm.weight is not None else x.dtype
+    mean, invstd = x.new_empty((c,), dtype=stat_dtype), x.new_empty((c,), dtype=stat_dtype)
+    for i in range(b):
+        sample = x[i : i + 1]
+        torch.ops.aten.native_batch_norm.out(
+            sample, norm.weight, norm.bias, None, None, True, 0.0, norm.eps,
+            out=sample, save_mean=mean, save_invstd=invstd,
+        )  # fmt: skip
+    return x
 
 
 class _InstanceNormChannelsLast(torch.autograd.Function):
@@ -843,13 +883,16 @@ class _InstanceNormChannelsLast(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps):  # type: ignore[override]
-        parts = [
-            torch.native_batch_norm(x[i : i + 1], weight, bias, None, None, True, 0.0, eps)
-            for i in range(x.shape[0])
-        ]
-        out = parts[0][0] if len(parts) == 1 else _cat_channels_last([p[0] for p in parts], dim=0)
-        mean = torch.stack([p[1] for p in parts])
-        invstd = torch.stack([p[2] for p in parts])
+        b, c = x.shape[:2]
+        out = torch.empty_like(x, memory_format=torch.channels_last)
+        stat_dtype = weight.dtype if weight is not None else x.dtype
+        mean = x.new_empty((b, c), dtype=stat_dtype)
+        invstd = x.new_empty((b, c), dtype=stat_dtype)
+        for i in range(b):  # one sample at a time, written straight into its slice of ``out``
+            torch.ops.aten.native_batch_norm.out(
+                x[i : i + 1], weight, bias, None, None, True, 0.0, eps,
+                out=out[i : i + 1], save_mean=mean[i], save_invstd=invstd[i],
+            )  # fmt: skip
         ctx.save_for_backward(x, weight, mean, invstd)
         return out
 
@@ -944,7 +987,12 @@ def _grow(
     region: tuple[int, int, int, int], margin: int, size: tuple[int, int]
 ) -> tuple[int, int, int, int]:
     y0, y1, x0, x1 = region
-    return max(y0 - margin, 0), min(y1 + margin, size[0]), max(x0 - margin, 0), min(x1 + margin, size[1])
+    return (
+        max(y0 - margin, 0),
+        min(y1 + margin, size[0]),
+        max(x0 - margin, 0),
+        min(x1 + margin, size[1]),
+    )
 
 
 def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:

@@ -10,6 +10,19 @@ the base output by this rule, which ``output=`` overrides:
 * a dict: the first present key among ``"out", "output", "restored", "pred", "image"``.
 
 ``output`` may be an int (sequence index), a str (dict key) or a callable ``f(base_output) -> tensor``.
+
+Tiled inference
+---------------
+``refine(model, refiner, tile=512, tile_overlap=32)`` bounds memory on large images (an 8K frame
+refines in a few GB). The base network runs on ``tile`` x ``tile`` windows that overlap by
+``tile_overlap`` pixels; their outputs are blended with weights that are zero on the
+``tile_overlap // 4`` pixels next to an inner tile edge and ramp linearly to one across the rest of
+the overlap, so a base whose receptive field reaches at most ``tile_overlap // 4`` pixels gives
+exactly its untiled output, and others get seamless blends. The prior is global: it is computed
+once from the whole image (downscaled so that its longer side is at most ``PRIOR_MAX_SIDE``),
+never per tile. The refiner then runs tile by tile with whole-image statistics, which reproduces
+its untiled output up to rounding (see :meth:`PTGRefiner.forward`). Tiled outputs carry no
+gradients: train on crops.
 """
 
 from __future__ import annotations
@@ -18,15 +31,24 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import _checks
 from .errors import ConfigError, ShapeError
 from .refiner import PTGRefiner
 
-__all__ = ["DICT_OUTPUT_KEYS", "RefineOutput", "RefinedModel", "refine", "select_output"]
+__all__ = [
+    "DICT_OUTPUT_KEYS",
+    "PRIOR_MAX_SIDE",
+    "RefineOutput",
+    "RefinedModel",
+    "refine",
+    "select_output",
+]
 
 DICT_OUTPUT_KEYS = ("out", "output", "restored", "pred", "image")
+PRIOR_MAX_SIDE = 2048  # tiled inference computes the prior from the image downscaled to this side
 
 OutputSelector = int | str | Callable[[Any], torch.Tensor] | None
 
@@ -85,6 +107,8 @@ class RefinedModel(nn.Module):
         encoder: the frozen pre-trained encoder G (``features = encoder(degraded)``).
         refiner: the :class:`~ptg_refine.PTGRefiner` R.
         freeze_base: whether F is frozen (no gradients, kept in eval mode).
+        tile: tile side for tiled inference (see the module docstring), or None.
+        tile_overlap: overlap of neighbouring base-network tiles, in pixels.
 
     Shape:
         degraded: (B, C, H, W) float in [0, 1], C = ``refiner.in_channels``.
@@ -99,6 +123,8 @@ class RefinedModel(nn.Module):
         *,
         freeze_base: bool = True,
         output: OutputSelector = None,
+        tile: int | None = None,
+        tile_overlap: int = 32,
     ) -> None:
         super().__init__()
         self.base = base
@@ -106,8 +132,10 @@ class RefinedModel(nn.Module):
         self.refiner = refiner
         self.freeze_base = freeze_base
         self.output = output
+        self.tile, self.tile_overlap = _check_tiling(tile, tile_overlap)
         if freeze_base:
-            base.requires_grad_(False)
+            for p in base.parameters():  # (ScriptModules lack requires_grad_)
+                p.requires_grad_(False)
             base.eval()
 
     def train(self, mode: bool = True) -> RefinedModel:
@@ -121,14 +149,37 @@ class RefinedModel(nn.Module):
         """Refined image for ``degraded``; ``features`` skips the encoder (e.g. cached)."""
         return self.forward_all(degraded, features).refined
 
-    def forward_all(self, degraded: torch.Tensor, features: torch.Tensor | None = None) -> RefineOutput:
+    def forward_all(
+        self, degraded: torch.Tensor, features: torch.Tensor | None = None
+    ) -> RefineOutput:
         """Base output, refined output and prior in one pass (for Eq. 8 training)."""
         self._validate(degraded)
+        if self.tile is not None:
+            return self._forward_tiled(degraded, features)
         restored = self.restore(degraded)
         if features is None:
             features = self.encode(degraded)
         refined = self.refiner(restored, degraded, features)
         return RefineOutput(restored, refined, features)
+
+    def _forward_tiled(self, degraded: torch.Tensor, features: torch.Tensor | None) -> RefineOutput:
+        if self.training and torch.is_grad_enabled():
+            raise ConfigError(
+                "Tiled inference (tile=...) runs without gradients; the model is in training "
+                "mode. Call model.eval() (or use torch.no_grad()) for tiled inference, or train "
+                "on crops with tile=None."
+            )
+        assert self.tile is not None
+        with torch.no_grad():
+            restored = _blend_tiles(self._restore_tile, degraded, self.tile, self.tile_overlap)
+            if features is None:
+                features = self.encode(_downscale(degraded, PRIOR_MAX_SIDE))
+            refined = self.refiner(restored, degraded, features, tile=self.tile)
+        return RefineOutput(restored, refined, features)
+
+    def _restore_tile(self, window: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.restore(window)
 
     def restore(self, degraded: torch.Tensor) -> torch.Tensor:
         """The base network's output F(degraded), checked to be an image of the input's shape."""
@@ -163,6 +214,8 @@ def refine(
     encoder: Any = None,
     freeze_base: bool = True,
     output: OutputSelector = None,
+    tile: int | None = None,
+    tile_overlap: int = 32,
 ) -> RefinedModel:
     """Wrap ``model`` (any ``nn.Module`` mapping degraded to restored images) with ``refiner``.
 
@@ -174,6 +227,10 @@ def refine(
             mapping images to (B, D) (see :func:`ptg_refine.create_encoder`).
         freeze_base: keep ``model`` frozen (no gradients, eval mode); False trains it jointly (Eq. 8).
         output: how to take the restored image out of ``model``'s output (see module docstring).
+        tile: inference only: run the base network and the refiner on windows of about
+            ``tile`` x ``tile`` pixels to bound memory (see "Tiled inference" in the module
+            docstring); None processes the whole image at once.
+        tile_overlap: overlap in pixels of neighbouring base-network windows (blended).
 
     Returns:
         A :class:`RefinedModel`; ``RefinedModel(degraded) -> refined``.
@@ -188,9 +245,14 @@ def refine(
     """
     from .encoders import create_encoder
 
+    from .interop import as_base_if_needed
+
+    model = as_base_if_needed(model)  # a spandrel ImageModelDescriptor becomes a padded nn.Module
     if not isinstance(model, nn.Module):
         if not callable(model):
-            raise ConfigError(f"model must be an nn.Module or callable, got {type(model).__name__}.")
+            raise ConfigError(
+                f"model must be an nn.Module or callable, got {type(model).__name__}."
+            )
         model = _CallableModule(model)
     if not isinstance(refiner, PTGRefiner):
         raise ConfigError(
@@ -204,7 +266,11 @@ def refine(
                 "The refiner's config names no encoder and refine() got none. Pass "
                 "refine(model, refiner, encoder='stats' | 'open_clip:ViT-B-32@openai' | module)."
             )
-        pre = {k: v for k, v in (cfg.encoder_config or {}).items() if k in ("input_size", "mean", "std")}
+        pre = {
+            k: v
+            for k, v in (cfg.encoder_config or {}).items()
+            if k in ("input_size", "mean", "std")
+        }
         encoder = create_encoder(cfg.encoder, **pre)
     else:
         encoder = create_encoder(encoder)
@@ -217,7 +283,15 @@ def refine(
         )
     device = next(refiner.parameters()).device
     encoder = encoder.to(device)
-    return RefinedModel(model, refiner, encoder, freeze_base=freeze_base, output=output)
+    return RefinedModel(
+        model,
+        refiner,
+        encoder,
+        freeze_base=freeze_base,
+        output=output,
+        tile=tile,
+        tile_overlap=tile_overlap,
+    )
 
 
 class _CallableModule(nn.Module):
@@ -229,3 +303,74 @@ class _CallableModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Any:
         return self.fn(x)
+
+
+def _check_tiling(tile: object, overlap: object) -> tuple[int | None, int]:
+    if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < 16):
+        raise ConfigError(f"tile must be None or an integer of at least 16 pixels, got {tile!r}.")
+    if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
+        raise ConfigError(f"tile_overlap must be a non-negative integer, got {overlap!r}.")
+    if tile is not None and 2 * overlap > tile:
+        raise ConfigError(
+            f"tile_overlap={overlap} is too large for tile={tile}: it must be at most half the "
+            f"tile ({tile // 2})."
+        )
+    return tile, overlap
+
+
+def _tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Window starts covering [0, size) with windows of ``tile`` overlapping by >= ``overlap``."""
+    if size <= tile:
+        return [0]
+    starts = list(range(0, size - tile, tile - overlap))
+    return [*starts, size - tile]
+
+
+def _ramp(length: int, start: int, stop: int, size: int, overlap: int) -> torch.Tensor:
+    """1-D blending weights of a window [start, stop) of [0, size) (see the module docstring)."""
+    weight = torch.ones(length)
+    if overlap == 0:
+        return weight
+    margin = overlap // 4
+    span = overlap - 2 * margin
+    d = torch.arange(length, dtype=torch.float32)
+    if start > 0:
+        weight = torch.minimum(weight, ((d - margin + 0.5) / span).clamp(0.0, 1.0))
+    if stop < size:
+        weight = torch.minimum(weight, ((length - 1 - d - margin + 0.5) / span).clamp(0.0, 1.0))
+    return weight
+
+
+def _blend_tiles(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int, overlap: int
+) -> torch.Tensor:
+    """``fn(x)`` computed on overlapping windows of ``x`` and blended (same shape as ``x``)."""
+    h, w = x.shape[-2:]
+    if h <= tile and w <= tile:
+        return fn(x)
+    out: torch.Tensor | None = None
+    total = x.new_zeros((h, w), dtype=torch.float32)
+    for y0 in _tile_starts(h, tile, overlap):
+        y1 = min(y0 + tile, h)
+        rows = _ramp(y1 - y0, y0, y1, h, overlap)
+        for x0 in _tile_starts(w, tile, overlap):
+            x1 = min(x0 + tile, w)
+            weight = rows[:, None] * _ramp(x1 - x0, x0, x1, w, overlap)[None, :]
+            weight = weight.to(x.device)
+            part = fn(x[:, :, y0:y1, x0:x1])
+            if out is None:
+                out = torch.zeros(x.shape, dtype=part.dtype, device=part.device)
+            out[:, :, y0:y1, x0:x1].add_(part * weight.to(part.dtype))
+            total[y0:y1, x0:x1] += weight
+    assert out is not None
+    return out.div_(total.to(out.dtype))
+
+
+def _downscale(x: torch.Tensor, max_side: int) -> torch.Tensor:
+    """``x`` resized (antialiased) so that its longer side is at most ``max_side``."""
+    h, w = x.shape[-2:]
+    if max(h, w) <= max_side:
+        return x
+    scale = max_side / max(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
