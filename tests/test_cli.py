@@ -265,3 +265,18 @@ def test_torch_export_base(tmp_path, capsys):
     PTGRefiner(encoder="stats", width=8, num_blocks=1).save_pretrained(tmp_path / "ref")
     argv = ["run", "-i", str(lq), "-o", str(tmp_path / "o"), "--refiner", str(tmp_path / "ref")]
     assert main([*argv, "--base", str(tmp_path / "base.pt2")]) == 0
+
+
+def test_run_explain_saves_overlays(tmp_path, capsys):
+    lq, _ = _pairs(tmp_path, 1)
+    PTGRefiner(encoder="stats", width=8, num_blocks=1).save_pretrained(tmp_path / "ref")
+    out = tmp_path / "o"
+    assert (
+        main(
+            ["run", "-i", str(lq), "-o", str(out), "--refiner", str(tmp_path / "ref"), "--explain"]
+        )
+        == 0
+    )
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["im0.png", "im0_range.png", "im0_spatial.png"]
+    assert read_image(out / "im0_range.png").shape == read_image(lq / "im0.png").shape

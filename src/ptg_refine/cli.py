@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tile-overlap", type=int, default=32, help="overlap between tiles in pixels")
     p.add_argument("--save-base", action="store_true", help="also save the base network's output")
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="also save overlays of the refiner's range map and spatial attention",
+    )
     p.add_argument("--local-files-only", action="store_true", help="never touch the network")
 
     p = sub.add_parser("train", help="train a refiner for your network on your data")
@@ -232,6 +237,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 write_image(
                     out.with_name(out.stem + "_base.png"), res.restored[0].clamp(0, 1).cpu()
                 )
+            if args.explain:
+                from .explain import explain, overlay
+
+                ex = explain(model.refiner, res.restored, x, res.features)
+                for name, heat in (("range", ex.range_map), ("spatial", ex.spatial_attention)):
+                    picture = overlay(x[0].cpu(), heat[0].cpu())
+                    write_image(out.with_name(f"{out.stem}_{name}.png"), picture)
     print(f"wrote {len(files)} image(s) to {dst}")
     return 0
 
