@@ -244,7 +244,6 @@ def refine(
         torch.Size([1, 3, 45, 61])
     """
     from .encoders import create_encoder
-
     from .interop import as_base_if_needed
 
     model = as_base_if_needed(model)  # a spandrel ImageModelDescriptor becomes a padded nn.Module

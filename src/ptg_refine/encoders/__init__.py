@@ -13,10 +13,10 @@ or wrap any ``nn.Module`` / callable (:class:`ModuleEncoder`), or register a new
 
 from __future__ import annotations
 
+from .. import distill as _distill  # noqa: F401  (registers "student")
 from . import openclip as _openclip  # noqa: F401  (registers "open_clip")
 from . import stats as _stats  # noqa: F401  (registers "stats")
 from . import timm_encoder as _timm_encoder  # noqa: F401  (registers "timm")
-from .. import distill as _distill  # noqa: F401, I001  (registers "student")
 from .base import Encoder
 from .module import ModuleEncoder
 from .registry import (
