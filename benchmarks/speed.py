@@ -546,10 +546,10 @@ def markdown(results: dict[str, Any]) -> str:
         f"{m['threads']} threads, OMP_WAIT_POLICY={m.get('omp_wait_policy', 'default')}; "
         f"{results['protocol']}",
         "",
-        "| size | batch | mode | baseline s | current s | speed-up | reference s (quoted) | "
-        "current vs reference | baseline peak MB | current peak MB | setup MB | "
-        "reference peak MB (quoted) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| size | batch | mode | baseline s | current s | speed-up | baseline CPU s | "
+        "current CPU s | reference s (quoted) | current vs reference | baseline peak MB | "
+        "current peak MB | setup MB | reference peak MB (quoted) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results.get("refiner", []):
         b, c, ref = row.get("baseline", {}), row.get("current", {}), row.get("reference", {})
@@ -557,7 +557,8 @@ def markdown(results: dict[str, Any]) -> str:
         vs_ref = ref["seconds"] / c["seconds"] if ref.get("seconds") and "seconds" in c else None
         lines.append(
             f"| {row['size']}² | {row['batch']} | {row['mode']} | {_fmt(b.get('seconds'))} | "
-            f"{_fmt(c.get('seconds'))} | {_fmt(speed, '×')} | {_fmt(ref.get('seconds'))} | "
+            f"{_fmt(c.get('seconds'))} | {_fmt(speed, '×')} | {_fmt(b.get('cpu_seconds'))} | "
+            f"{_fmt(c.get('cpu_seconds'))} | {_fmt(ref.get('seconds'))} | "
             f"{_fmt(vs_ref, '×')} | {_fmt(b.get('peak_rss_mb'), '', 4)} | "
             f"{_fmt(c.get('peak_rss_mb'), '', 4)} | {_fmt(c.get('setup_rss_mb'), '', 4)} | "
             f"{_fmt(ref.get('peak_rss_mb'), '', 4)} |"

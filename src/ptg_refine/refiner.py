@@ -800,12 +800,14 @@ def _conv_with_prior(
     taps = torch.einsum("oiyx,bi->boyx", weight[:, c : c + n], prior.to(weight.dtype))
     main = [weight[:, :c], weight[:, c + n :]]
     ones = f.new_ones((1, 1, h, w))
-    pos = pos.expand(b, -1, -1, -1).to(f.dtype)
+    pos = pos.to(f.dtype)
     cat = _cat_channels_last if channels_last else torch.cat
     if b == 1 and not is_tracing():
         x = cat([f, pos, ones], dim=1)
         return F.conv2d(x, torch.cat([*main, taps.transpose(0, 1)], dim=1), conv.bias, padding=1)
-    out = F.conv2d(cat([f, pos], dim=1), torch.cat(main, dim=1), conv.bias, padding=1)
+    # Several samples: the position term is the same for all of them, so convolve it once.
+    out = F.conv2d(f, main[0], conv.bias, padding=1)
+    out = add_fresh(out, F.conv2d(pos[:1], main[1], None, padding=1))
     # The prior's contribution at (y, x) sums the taps whose input pixel lies inside the map:
     # valid_rows[y, dy] * valid_cols[x, dx] * taps[b, :, dy, dx], built in the layout of ``out``.
     k = taps.shape[-1]
