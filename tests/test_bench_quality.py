@@ -60,6 +60,7 @@ def test_mobilenet_embedding_is_sensible() -> None:
 
 def test_quick_path_writes_schema(tmp_path: Path) -> None:
     data = _need_data()
+    pytest.importorskip("matplotlib")  # the benchmark extra (grids and plots)
     from benchmarks.quality import main
 
     out = tmp_path / "q.json"
