@@ -74,7 +74,7 @@ def _worker_refiner(args: argparse.Namespace) -> dict[str, Any]:
     restored = torch.rand(shape, generator=gen)
     degraded = torch.rand(shape, generator=gen)
     features = torch.randn(args.batch, 512, generator=gen)
-    target = torch.rand(shape, generator=gen)
+    target = torch.rand(shape, generator=gen) if args.mode == "train" else None
     forwards = {
         "baseline": lambda: baseline_forward(refiner, restored, degraded, features),
         "current": lambda: refiner(restored, degraded, features),

@@ -385,11 +385,14 @@ class PTGRefiner(
     # (y0, y1, x0, x1) in 1/4-resolution coordinates of the whole map of size ``size``, and only
     # the position embeddings need it. Values within the receptive field of a window's inner edges
     # are wrong (zero padding there); the streaming engine crops them away.
-    def _encode(self, x: torch.Tensor, stats: _EncoderStats | None = None) -> torch.Tensor:
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
         """Encoder R_e: (B, 2 C_img, H, W) -> f (B, c, H/4, W/4), channels_last."""
+        return self._encode_rest(self.enc_conv1(x.contiguous(memory_format=torch.channels_last)))
+
+    def _encode_rest(self, y: torch.Tensor, stats: _EncoderStats | None = None) -> torch.Tensor:
+        """The encoder after its first convolution (``y`` is that convolution's fresh output)."""
         if stats is None:
             stats = _EncoderStats()
-        y = self.enc_conv1(x.contiguous(memory_format=torch.channels_last))
         y = lrelu(_instance_norm(y, self.enc_norm1, stats.first), inplace=True)
         y = self.enc_conv2(y)
         return self.enc_conv3(_instance_norm(y, self.enc_norm2, stats.second))
@@ -481,7 +484,10 @@ class PTGRefiner(
             prior_m, prior_c = self.prior_sve(g), self.prior_csa(g)
 
             if dense_encoder:
-                f = self._encode(reader.read(0, reader.height, 0, reader.width))
+                # (the input copy is released as soon as the first convolution has read it)
+                f = self._encode_rest(
+                    self.enc_conv1(reader.read(0, reader.height, 0, reader.width))
+                )
             else:
                 f = self._encode_tiled(reader, tq)
 
@@ -538,7 +544,7 @@ class PTGRefiner(
         fh, fw = reader.height // s, reader.width // s
         tiles = [(y0, y1, x0, x1) for y0, y1 in _spans(fh, tq) for x0, x1 in _spans(fw, tq)]
         if len(tiles) == 1:
-            return self._encode(reader.read(0, reader.height, 0, reader.width))
+            return self._encode_rest(self.enc_conv1(reader.read(0, reader.height, 0, reader.width)))
 
         # Pass 1: statistics of the first convolution's output (full resolution).
         acc = _MomentAccumulator()
