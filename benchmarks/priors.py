@@ -136,6 +136,8 @@ class CachedPrior:
         self.store: dict[str, torch.Tensor] = {}
         self.hits = 0
         self.misses = 0
+        self._forced: torch.Tensor | None = None
+        self._last_keys: list[str] = []
 
     @staticmethod
     def key(image: torch.Tensor) -> str:
@@ -149,19 +151,39 @@ class CachedPrior:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Features of a batch (B, 3, H, W) -> (B, D), cached by content."""
         keys = [self.key(im) for im in images]
+        self._last_keys = keys
         todo = sorted({i for i, k in enumerate(keys) if k not in self.store})
         first = {}
         for i in todo:
             first.setdefault(keys[i], i)
         idx = sorted(first.values())
         if idx:
-            with torch.no_grad():
-                feats = self.inner(images[idx]).float().cpu()
+            if self._forced is not None:
+                feats = self._forced.expand(len(idx), -1)
+            else:
+                with torch.no_grad():
+                    feats = self.inner(images[idx]).float().cpu()
             for j, i in enumerate(idx):
                 self.store[keys[i]] = feats[j]
         self.misses += len(idx)
         self.hits += len(keys) - len(idx)
         return torch.stack([self.store[k] for k in keys]).to(images.device)
+
+    def share_global(self, encoder: Encoder, image: torch.Tensor, crops: torch.Tensor) -> None:
+        """Make ``crops`` (B, C, h, w) of ``image`` (C, H, W) answer with the whole image's features.
+
+        The prior is global: at test time it is computed from the whole degraded image, so a
+        training crop gets the features of the whole degraded image it was cut from (not of the
+        crop alone, which an encoder sees at a very different scale). ``encoder`` is the
+        registered encoder wrapping this cache, so the keys match what training will look up.
+        """
+        with torch.no_grad():
+            encoder(image[None])
+            self._forced = self.store[self._last_keys[0]][None]
+            try:
+                encoder(crops)
+            finally:
+                self._forced = None
 
 
 def cached_encoder(inner: Encoder) -> tuple[Encoder, CachedPrior]:

@@ -43,7 +43,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 8,
         "crop": 64,
         "crops": 32,
+        "train_images": 6,
         "n_test": 3,
         "n_derain_test": 2,
         "n_lol": 3,
@@ -83,10 +84,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "full": {
         "seeds": [0, 1],
-        "steps": 300,
+        "steps": 500,
         "batch_size": 8,
         "crop": 64,
-        "crops": 256,
+        "crops": 384,
+        "train_images": N_TRAIN,
         "n_test": 10,
         "n_derain_test": 6,
         "n_lol": 15,
@@ -176,6 +178,8 @@ class Task:
     train: list[dict[str, Any]]
     tests: list[TestSet]
     info: dict[str, Any] = field(default_factory=dict)
+    sources: list[tuple[torch.Tensor, int]] = field(default_factory=list)
+    item_source: list[int] = field(default_factory=list)
 
 
 def _center(x: torch.Tensor, size: int | None) -> torch.Tensor:
@@ -187,42 +191,46 @@ def _center(x: torch.Tensor, size: int | None) -> torch.Tensor:
     return x[..., y0 : y0 + s, x0 : x0 + s].contiguous()
 
 
-def _crop_items(
+def _window_items(
     clean: list[torch.Tensor],
+    degraded: list[torch.Tensor],
+    based: list[torch.Tensor],
     n: int,
     size: int,
     seed: int,
-    make: Callable[[torch.Tensor, int, torch.Generator], torch.Tensor],
-    *,
-    extra: list[torch.Tensor] | None = None,
-    augment: bool = True,
-) -> list[dict[str, Any]]:
-    """``n`` fixed crops: item i from image ``i % len(clean)``, position / flips from ``seed + i``.
+) -> tuple[list[dict[str, Any]], list[torch.Tensor], list[int]]:
+    """``n`` fixed crops cut from whole images: item i from image ``i % len(clean)``.
 
-    ``make(gt_crop, i, generator)`` degrades a crop; with ``extra`` (full-size degraded images
-    aligned with ``clean``) the same window of ``extra`` is the degraded crop instead.
+    The degradation and the frozen base were applied to the *whole* training image (``degraded``,
+    ``based``), so a crop's base output has the same context as at test time. The same window and
+    the same random flip / rotation (from ``seed + i``) are applied to the clean, degraded and base
+    images. Returns the items, the base output of each item and the source image of each item.
     """
-    items = []
+    items, outs, srcs = [], [], []
     for i in range(n):
         j = i % len(clean)
         g = torch.Generator().manual_seed(seed + i)
-        img = clean[j]
-        h, w = img.shape[-2:]
+        h, w = clean[j].shape[-2:]
         y0 = int(torch.randint(0, h - size + 1, (1,), generator=g))
         x0 = int(torch.randint(0, w - size + 1, (1,), generator=g))
-        gt = img[:, y0 : y0 + size, x0 : x0 + size]
-        if extra is not None:
-            lq = extra[j][:, y0 : y0 + size, x0 : x0 + size]
-        else:
-            if augment:
-                if torch.rand((), generator=g) < 0.5:
-                    gt = gt.flip(-1)
-                gt = torch.rot90(gt, int(torch.randint(0, 4, (1,), generator=g)), (-2, -1))
-            lq = make(gt.contiguous(), i, g)
-        items.append(
-            {"lq": lq.float().contiguous(), "gt": gt.float().contiguous(), "name": f"crop{i}"}
-        )
-    return items
+        flip = bool(torch.rand((), generator=g) < 0.5)
+        rot = int(torch.randint(0, 4, (1,), generator=g))
+        trio = []
+        for t in (clean[j], degraded[j], based[j]):
+            t = t[:, y0 : y0 + size, x0 : x0 + size]
+            t = torch.rot90(t.flip(-1) if flip else t, rot, (-2, -1))
+            trio.append(t.float().contiguous())
+        gt, lq, out = trio
+        items.append({"lq": lq, "gt": gt, "name": f"crop{i}"})
+        outs.append(out)
+        srcs.append(j)
+    return items, outs, srcs
+
+
+def _run_base(base: nn.Module, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The frozen base on each whole image, one at a time (sizes may differ)."""
+    with torch.no_grad():
+        return [base(x[None]).float()[0] for x in images]
 
 
 def _fill_base(cached: CachedBase, base: nn.Module, lqs: Sequence[torch.Tensor], chunk: int = 16):
@@ -247,24 +255,36 @@ def _cbsd(data: Path) -> list[Path]:
 
 
 def build_task(name: str, data: Path, cfg: dict[str, Any], base_name: str | None = None) -> Task:
-    """Load the base, make the fixed training crops and the test sets of one task."""
+    """Load the base, make the fixed training crops and the test sets of one task.
+
+    Every training image is degraded whole (one realization, seeded by its index) and the frozen
+    base runs on the whole degraded image; crops are then cut from the clean, degraded and base
+    images alike, so the base has the same context in training as at test time, and the prior of a
+    crop is that of its whole degraded image (see :meth:`CachedPrior.share_global`).
+    """
     from ptg_refine.train.degradations import degrade
 
     files = _cbsd(data)
-    train_files, test_files = files[:N_TRAIN], files[N_TRAIN:]
+    train_files, test_files = files[: min(N_TRAIN, cfg["train_images"])], files[N_TRAIN:]
     n, size, tc = cfg["crops"], cfg["crop"], cfg["test_crop"]
     gray = name == "denoise"
     mode = "L" if gray else "RGB"
     clean = [read_image(f, mode)[0] for f in train_files]
     info: dict[str, Any] = {"train_images": [f"CBSD68/{f.name}" for f in train_files]}
     tests: list[TestSet] = []
-    extra = None
+    t0 = time.perf_counter()
+
+    def synthetic(task: str, offset: int) -> list[torch.Tensor]:
+        out = []
+        for j, img in enumerate(clean):
+            g = torch.Generator().manual_seed(offset + j)
+            out.append(degrade(task, img, generator=g).float().contiguous())
+        return out
+
     if name == "denoise":
         base_name = "dncnn"
         base = load_base("dncnn", data)
-        items = _crop_items(
-            clean, n, size, 1000, lambda x, i, g: degrade("denoise", x, generator=g)
-        )
+        degraded = synthetic("denoise", 1000)
         info["train_degradation"] = "gray CBSD68 (PIL 'L'), + N(0, (25/255)^2), not clipped"
         pairs = []
         for t, f in enumerate(test_files[: cfg["n_test"]]):
@@ -277,9 +297,7 @@ def build_task(name: str, data: Path, cfg: dict[str, Any], base_name: str | None
     elif name == "lowlight":
         base_name = base_name or "zerodce"
         base = load_base(base_name, data)
-        items = _crop_items(
-            clean, n, size, 2000, lambda x, i, g: degrade("lowlight", x, generator=g)
-        )
+        degraded = synthetic("lowlight", 2000)
         info["train_degradation"] = "CBSD68 darkened: ptg_refine.train.degradations.darken defaults"
         lol = read_pairs(data / "LOL-v1-eval15" / "low", data / "LOL-v1-eval15" / "high")
         lol = lol[: cfg["n_lol"]]
@@ -288,7 +306,7 @@ def build_task(name: str, data: Path, cfg: dict[str, Any], base_name: str | None
     elif name == "derain":
         base_name = "prenet"
         base = load_base("prenet", data, dataset="Rain100L", variant="PReNet6")
-        items = _crop_items(clean, n, size, 3000, lambda x, i, g: degrade("derain", x, generator=g))
+        degraded = synthetic("derain", 3000)
         info["train_degradation"] = "CBSD68 + synthetic rain: ptg_refine add_rain defaults"
         pairs = []
         for t, f in enumerate(test_files[: cfg["n_derain_test"]]):
@@ -312,19 +330,16 @@ def build_task(name: str, data: Path, cfg: dict[str, Any], base_name: str | None
         kernels = load_levin_kernels(data)
         deconv = WienerDeconv(kernels[0])
         base = deconv
-        extra, wien = [], []
+        degraded, wien = [], []
         for j, img in enumerate(clean):
             k = kernels[j % 8]
             g = torch.Generator().manual_seed(4000 + j)
             noise = torch.randn(img.shape, generator=g, dtype=torch.float64)
             b = (blur(img[None].double(), k) + 0.01 * noise).float()
-            extra.append(b[0])
+            degraded.append(b[0])
             wien.append(deconv(b, kernel=k)[0])
-        items = _crop_items(clean, n, size, 4000, lambda x, i, g: x, extra=extra)
-        wcrops = _crop_items(clean, n, size, 4000, lambda x, i, g: x, extra=wien)
         info["train_degradation"] = (
-            "CBSD68[j] blurred (reflect) with Levin kernel j mod 8 + N(0, 0.01^2); crops of the "
-            "full-image blurred input and of its full-image Wiener deconvolution (nsr 0.02)"
+            "CBSD68[j] blurred (reflect) with Levin kernel j mod 8 + N(0, 0.01^2)"
         )
         pairs, outs = [], []
         for t, f in enumerate(test_files[: cfg["n_test"]]):
@@ -347,20 +362,41 @@ def build_task(name: str, data: Path, cfg: dict[str, Any], base_name: str | None
     else:
         raise KeyError(f"unknown task {name!r}; choose from {TASKS}")
     base.eval()
+    if name != "deblur":
+        wien = _run_base(base, degraded)
+    items, crop_outs, srcs = _window_items(
+        clean, degraded, wien, n, size, 1000 * (1 + TASKS.index(name))
+    )
     cached = CachedBase(None if name == "deblur" else base)
-    t0 = time.perf_counter()
+    for it, o in zip(items, crop_outs, strict=True):
+        cached.put(it["lq"], o)
     if name == "deblur":
-        for it, w in zip(items, wcrops, strict=True):
-            cached.put(it["lq"], w["lq"])
         for (lq, _, _), o in zip(tests[0].pairs, outs, strict=True):
             cached.put(lq, o)
     else:
-        _fill_base(cached, base, [it["lq"] for it in items])
         for ts in tests:
             _fill_base(cached, base, [p[0] for p in ts.pairs], chunk=1)
     info["base_precompute_s"] = round(time.perf_counter() - t0, 1)
-    info["train_crops"] = {"count": n, "size": size, "fixed": True, "seed": "data seed per task"}
-    return Task(name, base_name, 1 if gray else 3, base, cached, items, tests, info)
+    info["train_crops"] = {
+        "count": n,
+        "size": size,
+        "fixed": True,
+        "protocol": "each training image degraded whole (one realization) and run whole through "
+        "the frozen base; crops (with one random flip / rotation) cut from clean, degraded and base "
+        "output alike; the prior of a crop is computed from its whole degraded image",
+    }
+    task = Task(name, base_name, 1 if gray else 3, base, cached, items, tests, info)
+    task.sources = [(degraded[j], j) for j in range(len(clean))]
+    task.item_source = srcs
+    return task
+
+
+def share_priors(task: Task, encoder: Any, cache: CachedPrior) -> None:
+    """Give every training crop of ``task`` the features of its whole degraded image."""
+    for img, j in task.sources:
+        crops = [it["lq"] for it, s in zip(task.train, task.item_source, strict=True) if s == j]
+        if crops:
+            cache.share_global(encoder, img, torch.stack(crops))
 
 
 # ----------------------------------------------------------------------------- checks
@@ -834,7 +870,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": _machine(),
         "data_dir": str(data),
         "budget": {
-            **{k: cfg[k] for k in ("seeds", "steps", "batch_size", "crop", "crops", "extras")},
+            **{
+                k: cfg[k]
+                for k in ("seeds", "steps", "batch_size", "crop", "crops", "train_images", "extras")
+            },
             "lr": LR,
             "min_lr": MIN_LR,
             "loss": "charbonnier",
@@ -864,6 +903,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for tname in tasks:
         t0 = time.perf_counter()
         task = build_task(tname, data, cfg)
+        for enc, cache in encoders.values():
+            share_priors(task, enc, cache)
         log(
             f"{tname}: base {task.base_name}, {len(task.train)} crops, set-up {time.perf_counter() - t0:.0f} s"
         )
@@ -881,6 +922,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         variants: list[tuple[Task, str, bool]] = [(task, p, False) for p in priors]
         if tname == "lowlight" and "sci" in cfg["extras"]:
             sci = build_task("lowlight", data, cfg, base_name="sci")
+            for enc, cache in encoders.values():
+                share_priors(sci, enc, cache)
             entry["bases"]["sci"] = base_scores(sci)
             variants += [(sci, p, False) for p in ("none", "mobilenet") if p in priors]
         if tname == "lowlight" and "joint" in cfg["extras"]:

@@ -47,6 +47,24 @@ def test_cached_encoder_matches_inner_and_caches() -> None:
     assert (cache.misses, cache.hits) == (2, 2)
 
 
+def test_share_global_gives_crops_the_whole_image_features() -> None:
+    from ptg_refine import create_encoder
+
+    inner = create_encoder("stats")
+    enc, cache = cached_encoder(inner)
+    img = torch.rand(3, 40, 48)
+    crops = torch.stack([img[:, :16, :16], img[:, 20:36, 8:24]])
+    cache.share_global(enc, img, crops)
+    whole = enc(img[None])
+    got = enc(crops)
+    assert torch.allclose(got, whole.expand(2, -1))
+    assert not torch.allclose(got[0], inner(crops[:1])[0], atol=1e-3)
+    # a gray crop is looked up as the registry hands it over (expanded to 3 channels)
+    g = torch.rand(1, 30, 30)
+    cache.share_global(enc, g, g[None, :, :10, :10])
+    assert torch.allclose(enc(g[None, :, :10, :10]), enc(g[None]))
+
+
 def test_mobilenet_embedding_is_sensible() -> None:
     data = _need_data()
     if not (data / MOBILENET_FILE).exists():
