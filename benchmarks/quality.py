@@ -66,6 +66,7 @@ SECTION = "## Quality on real data"
 TASKS = ("denoise", "lowlight", "derain", "deblur")
 PRIORS = ("none", "stats", "mobilenet", "clip_random")
 N_TRAIN = 48  # CBSD68[:48] trains, CBSD68[48:] tests
+FEATURE_AT = {"denoise": "model.31"}  # the deepest feature map (last ReLU) of DnCNN, 64 channels
 
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
@@ -497,20 +498,30 @@ def run_one(
     cfg: dict[str, Any],
     *,
     joint: bool = False,
+    at: str | None = None,
     grid: Path | None = None,
 ) -> dict[str, Any]:
-    """Train one refiner (frozen base, or jointly with a copy of the base) and score it."""
+    """Train one refiner and score it.
+
+    Frozen base (default; its outputs cached), jointly with a copy of the base (``joint``), or
+    attached to the base's feature map ``at`` (feature level; the frozen base runs on each crop).
+    """
     from ptg_refine import PTGRefiner, refine
     from ptg_refine.evaluate import evaluate
     from ptg_refine.train import fit
 
     torch.manual_seed(seed)
-    refiner = PTGRefiner(embed_dim=encoder.dim, in_channels=task.channels)
+    channels = task.channels
+    if at is not None:
+        channels = _feature_channels(task.base, at, task.channels)
+    refiner = PTGRefiner(embed_dim=encoder.dim, in_channels=channels)
     base = copy.deepcopy(task.base) if joint else task.cached
+    if at is not None:
+        base = task.base
     if joint:
         for p in base.parameters():
             p.requires_grad_(True)
-    model = refine(base, refiner, encoder=encoder, freeze_base=not joint)
+    model = refine(base, refiner, encoder=encoder, freeze_base=not joint, at=at)
     t0 = time.perf_counter()
     res = fit(
         model,
@@ -540,7 +551,7 @@ def run_one(
             "ssim_refined": round(m["ssim_refined"], 4),
             "per_image_psnr_refined": [round(r["psnr_refined"], 3) for r in ev.rows],
         }
-        if joint:
+        if joint or at:
             entry["psnr_base_joint"] = round(m["psnr_base"], 4)
             entry["ssim_base_joint"] = round(m["ssim_base"], 4)
         tests[ts.name] = entry
@@ -550,7 +561,7 @@ def run_one(
     return {
         "task": task.name,
         "base": task.base_name,
-        "mode": "joint" if joint else "frozen",
+        "mode": "joint" if joint else (f"feature@{at}" if at else "frozen"),
         "prior": prior,
         "seed": seed,
         "steps": res.steps,
@@ -562,6 +573,19 @@ def run_one(
         "eval_s": round(eval_s, 1),
         "tests": tests,
     }
+
+
+def _feature_channels(base: nn.Module, at: str, channels: int) -> int:
+    """Channel count of the output of submodule ``at`` of ``base`` (one small probe forward)."""
+    seen = []
+    module = dict(base.named_modules())[at]
+    handle = module.register_forward_hook(lambda m, i, o: seen.append(o.shape[1]))
+    try:
+        with torch.no_grad():
+            base(torch.rand(1, channels, 16, 16))
+    finally:
+        handle.remove()
+    return seen[0]
 
 
 def base_scores(task: Task) -> dict[str, Any]:
@@ -712,6 +736,8 @@ def render(result: dict[str, Any], out_dir: Path = RESULTS, docs: Path | None = 
         test = t["bases"][r["base"]][r["test"]]
         name = f"{r['task']} ({test['description']}, {len(test['images'])} img)"
         base = r["base"] + (" + joint (Eq. 8)" if r["mode"] == "joint" else "")
+        if r["mode"].startswith("feature@"):
+            base += f" + feature level at `{r['mode'][8:]}`"
         lines.append(
             f"| {name} | {base} | {r['prior']} | {r['psnr_base']:.2f} / {r['ssim_base']:.3f} | "
             f"{r['psnr_refined_mean']:.2f} / {r['ssim_refined_mean']:.3f} | "
@@ -919,7 +945,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"  {test}: input {s['psnr_input']:.2f} dB, base {s['psnr_base']:.2f} / {s['ssim_base']:.3f}"
             )
         result["tasks"][tname] = entry
-        variants: list[tuple[Task, str, bool]] = [(task, p, False) for p in priors]
+        variants: list[tuple[Task, str, bool | str]] = [(task, p, False) for p in priors]
         if tname == "lowlight" and "sci" in cfg["extras"]:
             sci = build_task("lowlight", data, cfg, base_name="sci")
             for enc, cache in encoders.values():
@@ -928,13 +954,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             variants += [(sci, p, False) for p in ("none", "mobilenet") if p in priors]
         if tname == "lowlight" and "joint" in cfg["extras"]:
             variants += [(task, p, True) for p in ("mobilenet",) if p in priors]
+        if tname in FEATURE_AT and "feature" in cfg["extras"]:
+            variants += [(task, p, "feature") for p in ("mobilenet",) if p in priors]
         for seed in cfg["seeds"]:
             for tk, prior, joint in variants:
                 grid = None
                 first = seed == cfg["seeds"][0] and not joint and tk is task
                 if prior == "mobilenet" and first and mode == "full":
                     grid = RESULTS / f"quality_grid_{tname}.png"
-                r = run_one(tk, prior, encoders[prior][0], seed, cfg, joint=joint, grid=grid)
+                at = FEATURE_AT[tname] if joint == "feature" else None
+                r = run_one(
+                    tk, prior, encoders[prior][0], seed, cfg, joint=joint is True, at=at, grid=grid
+                )
                 entry["runs"].append(r)
                 bs = entry["bases"][tk.base_name]
                 gains = ", ".join(
@@ -968,10 +999,12 @@ def merge(main_file: Path, others: Sequence[Path]) -> dict[str, Any]:
     """Merge result files of one benchmark split over processes (same budget, other tasks).
 
     Tasks absent from ``main_file`` are taken from ``others`` (which must have the same budget);
-    the summary is recomputed and each part's command and wall time are recorded.
+    a task present in both (run again for extra variants, e.g. ``--extras feature``) must have
+    the same base scores and contributes its runs that ``main_file`` lacks. The summary is
+    recomputed and each part's command and wall time are recorded.
 
     Raises:
-        ValueError: the budgets differ.
+        ValueError: the budgets or a shared task's base scores differ.
     """
     result = json.loads(main_file.read_text())
     if "parts" not in result:
@@ -985,9 +1018,17 @@ def merge(main_file: Path, others: Sequence[Path]) -> dict[str, Any]:
         if mine != theirs:
             raise ValueError(f"budgets differ: {mine} vs {theirs}")
         for name, task in other["tasks"].items():
-            if name in result["tasks"]:
-                raise ValueError(f"task {name!r} is in both {main_file} and {f}")
-            result["tasks"][name] = task
+            if name not in result["tasks"]:
+                result["tasks"][name] = task
+                continue
+            # the same task run again for extra variants: same base scores, new runs only
+            mine_t = result["tasks"][name]
+            if mine_t["bases"] != {k: v for k, v in task["bases"].items() if k in mine_t["bases"]}:
+                raise ValueError(f"task {name!r} has different base scores in {f}")
+            have = {(r["base"], r["mode"], r["prior"], r["seed"]) for r in mine_t["runs"]}
+            mine_t["runs"] += [
+                r for r in task["runs"] if (r["base"], r["mode"], r["prior"], r["seed"]) not in have
+            ]
         result["parts"].append(
             {"file": Path(f).name, "command": other["command"], "wall_s": other["wall_s"]}
         )
@@ -1012,7 +1053,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="override the steps per run")
     ap.add_argument("--crops", type=int, default=None, help="override the training crops per task")
     ap.add_argument("--n-test", type=int, default=None, help="test images per CBSD68 test set")
-    ap.add_argument("--extras", default=None, help="comma list of joint, sci ('' for none)")
+    ap.add_argument(
+        "--extras", default=None, help="comma list of joint, sci, feature ('' for none)"
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--out", type=Path, default=None, help="result JSON path")
     ap.add_argument("--render", action="store_true", help="only render docs + plot from the JSON")

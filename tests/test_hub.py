@@ -118,7 +118,7 @@ def test_bad_config_raises(trained):
     (folder / "config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="Cannot read refiner config"):
         PTGRefiner.from_pretrained(folder)
-    (folder / "config.json").write_text(json.dumps({"embed_dim": 8, "in_channels": 5}))
+    (folder / "config.json").write_text(json.dumps({"embed_dim": 8, "in_channels": 0}))
     with pytest.raises(ConfigError, match="in_channels"):
         PTGRefiner.from_pretrained(folder)
 

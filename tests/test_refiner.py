@@ -109,7 +109,7 @@ def test_config_roundtrip_and_validation():
     cfg = PTGRefiner(**TINY, encoder=None).config
     assert RefinerConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ConfigError, match="in_channels"):
-        PTGRefiner(embed_dim=8, in_channels=4)
+        PTGRefiner(embed_dim=8, in_channels=0)
     with pytest.raises(ConfigError, match="kernel_size"):
         PTGRefiner(embed_dim=8, kernel_size=4)
     with pytest.raises(ConfigError, match="num_heads"):

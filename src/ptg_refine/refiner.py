@@ -57,7 +57,8 @@ class RefinerConfig:
         ffn_expansion: hidden expansion of the gated feed-forward network.
         kernel_size: size k of the per-pixel kernels predicted by PTG-CSA (odd).
         prior_hidden: hidden width of the prior mappings T_m and T_c.
-        in_channels: image channels (1 or 3).
+        in_channels: image channels (1 or 3), or the channel count of the feature map a
+            feature-level refiner refines (``refine(model, refiner, at=...)``).
         encoder: spec of the encoder that produces g (e.g. ``"stats"``,
             ``"open_clip:ViT-B-32@openai"``), or None when the caller supplies features.
         encoder_config: the encoder's preprocessing (input size, mean, std, dim), recorded so a
@@ -83,8 +84,17 @@ class RefinerConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise bad(name, value, "a positive integer")
-        if self.in_channels not in (1, 3):
-            raise bad("in_channels", self.in_channels, "1 (gray) or 3 (RGB)")
+        if (
+            isinstance(self.in_channels, bool)
+            or not isinstance(self.in_channels, int)
+            or self.in_channels < 1
+        ):
+            raise bad(
+                "in_channels",
+                self.in_channels,
+                "a positive integer: 1 (gray) or 3 (RGB) for images, the feature map's channel "
+                "count for feature-level refinement (refine(..., at=...))",
+            )
         if (
             isinstance(self.kernel_size, bool)
             or not isinstance(self.kernel_size, int)

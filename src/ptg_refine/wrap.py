@@ -11,6 +11,17 @@ the base output by this rule, which ``output=`` overrides:
 
 ``output`` may be an int (sequence index), a str (dict key) or a callable ``f(base_output) -> tensor``.
 
+Feature-level refinement (the paper's "-f" variant)
+---------------------------------------------------
+``refine(model, refiner, at="body.15")`` attaches the refiner to the output of the named submodule
+of ``model`` (a name from ``model.named_modules()``) through a forward hook: that feature map
+``f`` (B, C_f, h, w) is replaced by ``f + f * tanh(z) + r`` (a mask and a residual on the feature,
+both predicted by the refiner from ``f`` and the prior; Eq. 1 with the "degraded" term set to
+zero), and the rest of the base network runs on the refined feature. Build the refiner with
+``in_channels=C_f``. Gradients reach the refiner through the rest of the (frozen) base, so
+``fit`` trains it like an output-level refiner; ``forward_all`` also runs the base once without
+the hook to report its plain output. The named module must run exactly once per forward.
+
 Tiled inference
 ---------------
 ``refine(model, refiner, tile=512, tile_overlap=32)`` bounds memory on large images (an 8K frame
@@ -109,9 +120,12 @@ class RefinedModel(nn.Module):
         freeze_base: whether F is frozen (no gradients, kept in eval mode).
         tile: tile side for tiled inference (see the module docstring), or None.
         tile_overlap: overlap of neighbouring base-network tiles, in pixels.
+        at: name of the submodule of ``base`` whose output feature map is refined (feature-level
+            refinement, see the module docstring), or None to refine the output image.
 
     Shape:
-        degraded: (B, C, H, W) float in [0, 1], C = ``refiner.in_channels``.
+        degraded: (B, C, H, W) float in [0, 1], C = ``refiner.in_channels`` (for output-level
+        refinement; with ``at`` the base network decides).
         output: (B, C, H, W).
     """
 
@@ -125,6 +139,7 @@ class RefinedModel(nn.Module):
         output: OutputSelector = None,
         tile: int | None = None,
         tile_overlap: int = 32,
+        at: str | None = None,
     ) -> None:
         super().__init__()
         self.base = base
@@ -133,6 +148,14 @@ class RefinedModel(nn.Module):
         self.freeze_base = freeze_base
         self.output = output
         self.tile, self.tile_overlap = _check_tiling(tile, tile_overlap)
+        self.at = at
+        if at is not None:
+            _find_submodule(base, at)  # fails early, listing the valid names
+            if self.tile is not None:
+                raise ConfigError(
+                    "Tiled inference (tile=...) is not available with feature-level refinement "
+                    f"(at={at!r}). Use tile=None, or refine the output image (at=None)."
+                )
         if freeze_base:
             for p in base.parameters():  # (ScriptModules lack requires_grad_)
                 p.requires_grad_(False)
@@ -147,6 +170,11 @@ class RefinedModel(nn.Module):
 
     def forward(self, degraded: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         """Refined image for ``degraded``; ``features`` skips the encoder (e.g. cached)."""
+        if self.at is not None:
+            self._validate(degraded)
+            if features is None:
+                features = self.encode(degraded)
+            return self._forward_feature_refined(degraded, features)
         return self.forward_all(degraded, features).refined
 
     def forward_all(
@@ -159,8 +187,60 @@ class RefinedModel(nn.Module):
         restored = self.restore(degraded)
         if features is None:
             features = self.encode(degraded)
-        refined = self.refiner(restored, degraded, features)
+        if self.at is not None:
+            refined = self._forward_feature_refined(degraded, features)
+        else:
+            refined = self.refiner(restored, degraded, features)
         return RefineOutput(restored, refined, features)
+
+    def _forward_feature_refined(
+        self, degraded: torch.Tensor, features: torch.Tensor
+    ) -> torch.Tensor:
+        """The base network with the output of submodule ``at`` refined (feature level)."""
+        assert self.at is not None
+        module = _find_submodule(self.base, self.at)
+        calls = 0
+
+        def hook(_module: nn.Module, _inputs: Any, out: Any) -> torch.Tensor:
+            nonlocal calls
+            calls += 1
+            if calls > 1:
+                raise ConfigError(
+                    f"Submodule {self.at!r} ran more than once in one forward of the base network; "
+                    "feature-level refinement needs a module that runs exactly once (a recurrent "
+                    "or shared block does not). Choose another name for at=."
+                )
+            if not isinstance(out, torch.Tensor) or out.ndim != 4 or not out.is_floating_point():
+                raise ShapeError(
+                    f"Submodule {self.at!r} returned {_describe_output(out)}, not a float feature "
+                    "map (B, C, H, W). Choose a convolutional layer or block for at=."
+                )
+            if out.shape[1] != self.refiner.in_channels:
+                raise ShapeError(
+                    f"Submodule {self.at!r} outputs {out.shape[1]} channels but the refiner has "
+                    f"in_channels={self.refiner.in_channels}. Build it with "
+                    f"PTGRefiner(in_channels={out.shape[1]}, ...)."
+                )
+            return self.refiner(out, torch.zeros_like(out), features)
+
+        handle = module.register_forward_hook(hook)
+        try:
+            out = self.base(degraded)  # with autograd: the refiner's gradient flows through it
+        finally:
+            handle.remove()
+        if calls == 0:
+            raise ConfigError(
+                f"Submodule {self.at!r} did not run in the base network's forward, so nothing was "
+                "refined. Choose a module that the forward pass calls (TorchScript and "
+                "torch.export bases run no Python hooks: pass the eager nn.Module)."
+            )
+        refined = select_output(out, self.output)
+        if refined.shape != degraded.shape:
+            raise ShapeError(
+                f"The base network returned shape {tuple(refined.shape)} for input "
+                f"{tuple(degraded.shape)}; refine() needs an image of the input's shape."
+            )
+        return refined
 
     def _forward_tiled(self, degraded: torch.Tensor, features: torch.Tensor | None) -> RefineOutput:
         if self.training and torch.is_grad_enabled():
@@ -203,7 +283,8 @@ class RefinedModel(nn.Module):
         return self.encoder(degraded)
 
     def _validate(self, degraded: torch.Tensor) -> None:
-        _checks.check_image(degraded, "degraded", channels=self.refiner.in_channels)
+        channels = None if self.at is not None else self.refiner.in_channels
+        _checks.check_image(degraded, "degraded", channels=channels)
         _checks.check_same_device(degraded, self.refiner, "degraded")
 
 
@@ -216,6 +297,7 @@ def refine(
     output: OutputSelector = None,
     tile: int | None = None,
     tile_overlap: int = 32,
+    at: str | None = None,
 ) -> RefinedModel:
     """Wrap ``model`` (any ``nn.Module`` mapping degraded to restored images) with ``refiner``.
 
@@ -231,6 +313,10 @@ def refine(
             ``tile`` x ``tile`` pixels to bound memory (see "Tiled inference" in the module
             docstring); None processes the whole image at once.
         tile_overlap: overlap in pixels of neighbouring base-network windows (blended).
+        at: refine the output feature map of this submodule of ``model`` (a name from
+            ``model.named_modules()``) instead of the output image: the paper's "-f" variant
+            (see "Feature-level refinement" in the module docstring). The refiner needs
+            ``in_channels`` equal to that feature map's channel count.
 
     Returns:
         A :class:`RefinedModel`; ``RefinedModel(degraded) -> refined``.
@@ -290,7 +376,37 @@ def refine(
         output=output,
         tile=tile,
         tile_overlap=tile_overlap,
+        at=at,
     )
+
+
+def _find_submodule(base: nn.Module, name: object) -> nn.Module:
+    """The submodule ``name`` of ``base``, or a ConfigError listing the valid names."""
+    modules = dict(base.named_modules())
+    modules.pop("", None)
+    if isinstance(name, str) and name in modules:
+        return modules[name]
+    import difflib
+
+    names = list(modules)
+    if not names:
+        raise ConfigError(
+            f"at={name!r}: the base network ({type(base).__name__}) has no submodules, so there is "
+            "no feature map to refine. Use at=None to refine the output image."
+        )
+    close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.5)
+    shown = ", ".join(names[:40]) + (f", ... ({len(names) - 40} more)" if len(names) > 40 else "")
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise ConfigError(
+        f"at={name!r} is not a submodule of the base network ({type(base).__name__}).{hint} "
+        f"Valid names (from model.named_modules()): {shown}."
+    )
+
+
+def _describe_output(out: Any) -> str:
+    if isinstance(out, torch.Tensor):
+        return f"a {out.dtype} tensor of shape {tuple(out.shape)}"
+    return f"a {type(out).__name__}"
 
 
 class _CallableModule(nn.Module):
