@@ -280,3 +280,40 @@ def test_run_explain_saves_overlays(tmp_path, capsys):
     names = sorted(p.name for p in out.iterdir())
     assert names == ["im0.png", "im0_range.png", "im0_spatial.png"]
     assert read_image(out / "im0_range.png").shape == read_image(lq / "im0.png").shape
+
+
+def test_train_and_run_at_feature_level(tmp_path, capsys):
+    from ptg_refine import feature_channels
+    from ptg_refine.base_models import TinyRestorer
+
+    clean = tmp_path / "clean"
+    for i, img in enumerate(_photos(2)):
+        write_image(clean / f"c{i}.png", img)
+    weights = tmp_path / "base.pt"
+    torch.save(TinyRestorer(3).state_dict(), weights)
+    base = ["--base", "ptg_refine.base_models:TinyRestorer", "--base-weights", str(weights)]
+    code = main(
+        [
+            "train", "--clean", str(clean), "--task", "denoise", "--steps", "2", "--crop", "24",
+            "--batch-size", "2", "--width", "8", "--out", str(tmp_path / "o"), *base,
+            "--at", "body.2",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    loaded = PTGRefiner.from_pretrained(tmp_path / "o" / "refiner")
+    assert loaded.in_channels == feature_channels(TinyRestorer(3), "body.2") == 32
+    run = [
+        "run",
+        "-i",
+        str(clean),
+        "-o",
+        str(tmp_path / "r"),
+        "--refiner",
+        str(tmp_path / "o" / "refiner"),
+    ]
+    assert main([*run, *base, "--at", "body.2"]) == 0
+    assert len(list((tmp_path / "r").glob("*.png"))) == 2
+    capsys.readouterr()
+    assert main([*run, *base, "--at", "bdy.2"]) == 2
+    err = capsys.readouterr().err
+    assert "'bdy.2' is not a submodule" in err and "Did you mean 'body.2'" in err

@@ -9,7 +9,7 @@ from .encoders import Encoder, create_encoder, list_encoders, register_encoder
 from .errors import PTGError
 from .pretrained import list_pretrained
 from .refiner import PTGRefiner, RefinerConfig
-from .wrap import RefinedModel, RefineOutput, refine
+from .wrap import RefinedModel, RefineOutput, feature_channels, refine
 
 __version__ = "0.1.0"
 
@@ -22,6 +22,7 @@ __all__ = [
     "RefinerConfig",
     "__version__",
     "create_encoder",
+    "feature_channels",
     "list_encoders",
     "list_pretrained",
     "refine",

@@ -36,6 +36,13 @@ def _add_base_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument(
         "--output-index", type=int, default=None, help="take item N of a base that returns a tuple"
     )
+    p.add_argument(
+        "--at",
+        default=None,
+        metavar="MODULE",
+        help="feature-level refinement: refine the output of this submodule of the base "
+        "(a name from model.named_modules()) instead of the output image",
+    )
 
 
 def _add_device(p: argparse.ArgumentParser) -> None:
@@ -68,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tile-overlap", type=int, default=32, help="overlap between tiles in pixels")
     p.add_argument("--save-base", action="store_true", help="also save the base network's output")
+    p.add_argument(
+        "--channels",
+        type=int,
+        choices=(1, 3),
+        default=None,
+        help="read images as gray (1) or RGB (3); default: the refiner's (3 with --at)",
+    )
     p.add_argument(
         "--explain",
         action="store_true",
@@ -196,6 +210,7 @@ def _load_model(args: argparse.Namespace, refiner_spec: str, encoder: str | None
         refiner,
         encoder=encoder,
         output=args.output_index,
+        at=args.at,
         **(
             {"tile": args.tile, "tile_overlap": args.tile_overlap}
             if getattr(args, "tile", None)
@@ -223,8 +238,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         outputs = [dst / (src.stem + ".png") if dst.is_dir() or not dst.suffix else dst]
     else:
         raise DataError(f"Input {src} does not exist.")
+    if args.at and args.explain:
+        raise _usage("--explain shows image-level maps; it cannot be combined with --at")
     model = _load_model(args, args.refiner, args.encoder)
-    channels = model.refiner.in_channels
+    channels = args.channels or (3 if args.at else model.refiner.in_channels)
     device = torch.device(args.device)
     with torch.inference_mode():
         for f, out in zip(
@@ -277,12 +294,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.val_lq and args.val_gt:
         val = PairedFolder(args.val_lq, args.val_gt, channels=args.channels)
     base = load_base(args.base, weights=args.base_weights)
+    in_channels = args.channels or 3
+    if args.at:
+        from .wrap import feature_channels
+
+        in_channels = feature_channels(base, args.at, in_channels)
     refiner = PTGRefiner(
-        encoder=args.encoder, embed_dim=None, in_channels=args.channels, width=args.width
+        encoder=args.encoder, embed_dim=None, in_channels=in_channels, width=args.width
     )
-    model = refine(base, refiner, freeze_base=not args.joint, output=args.output_index).to(
-        torch.device(args.device)
-    )
+    model = refine(
+        base, refiner, freeze_base=not args.joint, output=args.output_index, at=args.at
+    ).to(torch.device(args.device))
     result = fit(
         model,
         train,
@@ -321,7 +343,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         from .train import PairedFolder
 
         model = _load_model(args, args.refiner)
-        channels = args.channels or model.refiner.in_channels
+        channels = args.channels or (3 if args.at else model.refiner.in_channels)
         data = PairedFolder(args.lq, args.gt, channels=channels)
         res = evaluate(
             model,

@@ -54,6 +54,7 @@ __all__ = [
     "PRIOR_MAX_SIDE",
     "RefineOutput",
     "RefinedModel",
+    "feature_channels",
     "refine",
     "select_output",
 ]
@@ -378,6 +379,40 @@ def refine(
         tile_overlap=tile_overlap,
         at=at,
     )
+
+
+def feature_channels(model: nn.Module, at: str, in_channels: int = 3, size: int = 32) -> int:
+    """Channel count of the feature map that submodule ``at`` of ``model`` outputs.
+
+    Runs ``model`` once on a small random image (``in_channels`` x ``size`` x ``size``, no
+    gradients) with a hook on ``at``. Use it to size a feature-level refiner:
+    ``PTGRefiner(in_channels=feature_channels(net, "body.15"))``.
+
+    Raises:
+        ConfigError: ``at`` is not a submodule of ``model`` (the message lists the valid names)
+            or did not run.
+        ShapeError: its output is not a (B, C, H, W) feature map.
+    """
+    module = _find_submodule(model, at)
+    seen: list[Any] = []
+    handle = module.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    try:
+        param = next(iter(model.parameters()), None)
+        x = torch.rand(1, in_channels, size, size)
+        if param is not None:
+            x = x.to(device=param.device, dtype=param.dtype)
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    if not seen:
+        raise ConfigError(f"Submodule {at!r} did not run in the model's forward pass.")
+    out = seen[0]
+    if not isinstance(out, torch.Tensor) or out.ndim != 4:
+        raise ShapeError(
+            f"Submodule {at!r} returned {_describe_output(out)}, not a feature map (B, C, H, W)."
+        )
+    return int(out.shape[1])
 
 
 def _find_submodule(base: nn.Module, name: object) -> nn.Module:
