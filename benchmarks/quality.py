@@ -500,11 +500,14 @@ def run_one(
     joint: bool = False,
     at: str | None = None,
     grid: Path | None = None,
+    swap_encoders: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train one refiner and score it.
 
     Frozen base (default; its outputs cached), jointly with a copy of the base (``joint``), or
     attached to the base's feature map ``at`` (feature level; the frozen base runs on each crop).
+    ``swap_encoders`` ({name: encoder}) re-evaluates the trained refiner with each other encoder
+    in place of the one it was trained with (e.g. a distilled student of the teacher prior).
     """
     from ptg_refine import PTGRefiner, refine
     from ptg_refine.evaluate import evaluate
@@ -551,6 +554,15 @@ def run_one(
             "ssim_refined": round(m["ssim_refined"], 4),
             "per_image_psnr_refined": [round(r["psnr_refined"], 3) for r in ev.rows],
         }
+        for sname, senc in (swap_encoders or {}).items():
+            trained_with = model.encoder
+            model.encoder = senc
+            try:
+                sm = evaluate(model, ts.pairs, y_channel=ts.y_channel, quantize=True).means
+            finally:
+                model.encoder = trained_with
+            entry[f"psnr_refined_with_{sname}"] = round(sm["psnr_refined"], 4)
+            entry[f"ssim_refined_with_{sname}"] = round(sm["ssim_refined"], 4)
         if joint or at:
             entry["psnr_base_joint"] = round(m["psnr_base"], 4)
             entry["ssim_base_joint"] = round(m["ssim_base"], 4)
