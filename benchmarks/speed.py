@@ -325,6 +325,7 @@ def _worker_main(argv: list[str]) -> None:
 
     torch.set_num_threads(args.threads)
     result = WORKERS[args.kind](args)
+    result["worker_torch"] = torch.__version__
     print("RESULT " + json.dumps(result))
 
 
@@ -333,10 +334,13 @@ def _worker_main(argv: list[str]) -> None:
 # slowdowns at 2 threads); passive waiting keeps timings meaningful on a shared machine. An
 # OMP_WAIT_POLICY already in the environment wins (--omp-wait-policy overrides both).
 OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
+# The interpreter that runs the workers (--worker-python): e.g. a venv with the CPU-only torch
+# build, whose import is ~700 MB smaller than the CUDA build's, like the reference's torch 2.13 CPU.
+WORKER_PYTHON = sys.executable
 
 
 def _run(kind: str, timeout: float = 3600, **opts: Any) -> dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "_worker", kind]
+    cmd = [WORKER_PYTHON, str(Path(__file__).resolve()), "_worker", kind]
     for key, value in opts.items():
         if value is not None:
             cmd += [f"--{key.replace('_', '-')}", str(value)]
@@ -381,6 +385,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--update-docs", action="store_true")
     p.add_argument("--omp-wait-policy", default=None, help="ACTIVE or PASSIVE (default PASSIVE)")
     p.add_argument(
+        "--worker-python",
+        default=None,
+        help="Python interpreter for the measuring subprocesses (e.g. a venv with CPU-only torch)",
+    )
+    p.add_argument(
         "--from-json", type=Path, default=None, help="only print / write the tables of a saved run"
     )
     args = p.parse_args(argv)
@@ -391,9 +400,11 @@ def main(argv: list[str] | None = None) -> int:
             _update_docs(table)
         return 0
 
-    global OMP_WAIT_POLICY
+    global OMP_WAIT_POLICY, WORKER_PYTHON
     if args.omp_wait_policy:
         OMP_WAIT_POLICY = args.omp_wait_policy
+    if args.worker_python:
+        WORKER_PYTHON = args.worker_python
     sizes = args.sizes or ([256, 512] if args.quick else [256, 512, 1024, 2048])
     common = {"threads": args.threads, "repeats": args.repeats}
     import torch
@@ -406,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__,
             "threads": args.threads,
             "omp_wait_policy": OMP_WAIT_POLICY,
+            "worker_python": WORKER_PYTHON,
             "cpu_count": _cpu_count(),
         },
         "protocol": (

@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from ._checks import check_image, check_same_shape
 from .errors import ConfigError, DeviceMismatchError, ShapeError
@@ -159,12 +158,28 @@ def psnr(
     return 10.0 * torch.log10(_PEAK**2 / mse)
 
 
-def _gaussian_window(device: torch.device) -> torch.Tensor:
-    """Normalized 11×11 Gaussian window (σ = 1.5) as a (1, 1, 11, 11) float64 kernel."""
-    coords = torch.arange(_SSIM_WIN, dtype=torch.float64, device=device) - (_SSIM_WIN - 1) / 2
+def _gaussian_taps() -> list[float]:
+    """The normalized 1-D Gaussian (σ = 1.5) of the 11×11 SSIM window (its outer product)."""
+    coords = torch.arange(_SSIM_WIN, dtype=torch.float64) - (_SSIM_WIN - 1) / 2
     g = torch.exp(-(coords**2) / (2 * _SSIM_SIGMA**2))
-    g = g / g.sum()
-    return torch.outer(g, g)[None, None]
+    return (g / g.sum()).tolist()
+
+
+def _gaussian_filter_valid(x: torch.Tensor, taps: list[float]) -> torch.Tensor:
+    """Separable 'valid' filtering of (..., H, W) with the outer product of ``taps`` with itself.
+
+    Weighted sums of shifted views (rows, then columns): 2 × 11 multiply-adds per pixel instead
+    of a dense 11×11 float64 convolution (121), which is several times slower on the CPU.
+    """
+    k = len(taps)
+    h, w = x.shape[-2:]
+    rows = x[..., 0 : h - k + 1, :] * taps[0]
+    for i in range(1, k):
+        rows.add_(x[..., i : h - k + 1 + i, :], alpha=taps[i])
+    out = rows[..., 0 : w - k + 1] * taps[0]
+    for j in range(1, k):
+        out.add_(rows[..., j : w - k + 1 + j], alpha=taps[j])
+    return out
 
 
 def ssim(
@@ -214,12 +229,9 @@ def ssim(
     n, c, h, w = a.shape
     a = a.reshape(n * c, 1, h, w)
     b = b.reshape(n * c, 1, h, w)
-    win = _gaussian_window(a.device)
 
-    # One conv for the five local moments: E[a], E[b], E[a²], E[b²], E[ab].
-    stats = F.conv2d(
-        torch.cat([a, b, a * a, b * b, a * b], dim=1), win.expand(5, 1, -1, -1), groups=5
-    )
+    # The five local moments E[a], E[b], E[a²], E[b²], E[ab] in one separable filtering.
+    stats = _gaussian_filter_valid(torch.cat([a, b, a * a, b * b, a * b], dim=1), _gaussian_taps())
     mu_a, mu_b, e_aa, e_bb, e_ab = stats.unbind(1)
     var_a = e_aa - mu_a * mu_a
     var_b = e_bb - mu_b * mu_b
