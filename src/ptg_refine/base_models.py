@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import CheckpointError, ConfigError
+from ._weights import load_state_dict_strict, read_state_dict
+from .errors import ConfigError
 
 __all__ = ["TinyRestorer", "load_base", "load_state_dict_file"]
 
@@ -67,27 +68,11 @@ class _ExportedBase(nn.Module):
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a state dict from safetensors, or from a torch file with ``weights_only=True``."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"Weights file {path} does not exist.")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt or unsupported content
-        raise CheckpointError(
-            f"Cannot read weights file {path}: {err}. Use a safetensors file or a plain state dict "
-            "saved with torch.save(model.state_dict(), path)."
-        ) from err
-    for key in ("state_dict", "model", "params"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} does not hold a state dict of tensors.")
-    return state
+    return read_state_dict(
+        path,
+        hint="Give the weights of the base network as a .safetensors file or a state dict saved "
+        "with torch.save(model.state_dict(), path).",
+    )
 
 
 def load_base(spec: str, *, weights: str | os.PathLike | None = None) -> nn.Module:
@@ -142,8 +127,5 @@ def load_base(spec: str, *, weights: str | os.PathLike | None = None) -> nn.Modu
         raise ConfigError(f"{spec} returned {type(model).__name__}, not an nn.Module.")
     if weights is not None:
         state = load_state_dict_file(weights)
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            raise CheckpointError(f"Weights {weights} do not match {spec}: {err}") from err
+        load_state_dict_strict(model, state, source=str(weights), what=f"base {spec}")
     return model

@@ -39,6 +39,7 @@ from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from torch import nn
 
 from ._atomic import atomic_write
+from ._weights import load_state_dict_strict
 from .encoders.base import IMAGENET_MEAN, IMAGENET_STD, Encoder
 from .encoders.registry import create_encoder, list_encoders, register_encoder
 from .errors import CheckpointError, ConfigError, DataError, EncoderError
@@ -62,60 +63,6 @@ _WEIGHTS_NAME = "model.safetensors"
 _TASKS = ("denoise", "derain", "lowlight", "deblur")
 # Strength ranges sampled per crop (the defaults of the other tasks already are ranges).
 _TASK_KWARGS: dict[str, dict[str, Any]] = {"denoise": {"sigma": (5.0, 50.0)}}
-
-
-# ---------------------------------------------------------------------------------- strict loading
-def _short(items: list[str], limit: int = 8) -> str:
-    shown = ", ".join(items[:limit])
-    return f"[{shown}{f', ... and {len(items) - limit} more' if len(items) > limit else ''}]"
-
-
-def load_state_dict_strict(
-    module: nn.Module,
-    state: dict[str, torch.Tensor],
-    *,
-    source: str = "state dict",
-    hint: str = "",
-) -> None:
-    """``module.load_state_dict(state, strict=True)`` with one readable error for every mismatch.
-
-    Args:
-        module: The module to load into.
-        state: Tensors by name.
-        source: Where ``state`` comes from (for the message).
-        hint: Extra sentence appended to the error message.
-
-    Raises:
-        CheckpointError: missing or unexpected keys, wrong shapes, non-float tensors, or NaN / Inf
-            values (all listed in one message).
-    """
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(state))
-        if state[k].shape != own[k].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys {_short(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys {_short(unexpected)}")
-    if wrong:
-        problems.append(f"wrong shapes {_short(wrong)}")
-    non_float = [k for k in state if k in own and not state[k].is_floating_point()]
-    if non_float:
-        problems.append(f"non-float tensors {_short(non_float)}")
-    if problems:
-        raise CheckpointError(
-            f"Weights in {source} do not match this {type(module).__name__} "
-            f"({'; '.join(problems)}).{(' ' + hint) if hint else ''}"
-        )
-    bad = [k for k, v in state.items() if not torch.isfinite(v).all()]
-    if bad:
-        raise CheckpointError(f"Weights in {source} contain NaN or Inf values in {_short(bad)}.")
-    module.load_state_dict(state, strict=True)
 
 
 # ---------------------------------------------------------------------------------- config

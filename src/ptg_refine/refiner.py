@@ -21,6 +21,7 @@ from torch import nn
 
 from . import _checks
 from ._atomic import atomic_write
+from ._weights import load_state_dict_strict
 from .errors import CheckpointError, ConfigError
 from .layers import (
     PositionEmbedding,
@@ -726,41 +727,14 @@ class PTGRefiner(
         self, state: dict[str, torch.Tensor], *, source: str = "state dict"
     ) -> None:
         """Like ``load_state_dict(strict=True)`` with one readable error for every mismatch."""
-        own = self.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        wrong = [
-            f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-            for k in sorted(set(own) & set(state))
-            if state[k].shape != own[k].shape
-        ]
-        problems = []
-        if missing:
-            problems.append(f"missing keys {_short(missing)}")
-        if unexpected:
-            problems.append(f"unexpected keys {_short(unexpected)}")
-        if wrong:
-            problems.append(f"wrong shapes {_short(wrong)}")
-        non_float = [k for k in state if k in own and not state[k].is_floating_point()]
-        if non_float:
-            problems.append(f"non-float tensors {_short(non_float)}")
-        if problems:
-            raise CheckpointError(
-                f"Weights in {source} do not match this refiner ({'; '.join(problems)}). "
-                f"The config says {self.config.to_dict()}; make sure config.json and "
-                "model.safetensors come from the same save_pretrained() call."
-            )
-        bad = [k for k, v in state.items() if not torch.isfinite(v).all()]
-        if bad:
-            raise CheckpointError(
-                f"Weights in {source} contain NaN or Inf values in {_short(bad)}."
-            )
-        self.load_state_dict(state, strict=True)
-
-
-def _short(items: list[str], limit: int = 8) -> str:
-    shown = ", ".join(items[:limit])
-    return f"[{shown}{f', ... and {len(items) - limit} more' if len(items) > limit else ''}]"
+        load_state_dict_strict(
+            self,
+            state,
+            source=source,
+            what="refiner",
+            hint=f"The config says {self.config.to_dict()}; make sure config.json and "
+            "model.safetensors come from the same save_pretrained() call.",
+        )
 
 
 # ---------------------------------------------------------------------- forward helpers

@@ -7,12 +7,12 @@ import logging
 import os
 from collections.abc import Iterator
 from types import ModuleType
-from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, EncoderError, MissingDependencyError
+from .._weights import load_state_dict_strict, read_state_dict
+from ..errors import EncoderError, MissingDependencyError
 
 __all__ = [
     "RANDOM_TAG",
@@ -108,64 +108,26 @@ def quiet_root_logging() -> Iterator[None]:
 
 
 def load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
-    """Read a state dict from ``.safetensors`` (safetensors) or a torch file (weights_only=True).
-
-    Unwraps ``{"state_dict": ...}`` / ``{"model": ...}`` checkpoints and a ``module.`` prefix.
+    """Read encoder weights (see :func:`ptg_refine._weights.read_state_dict`).
 
     Raises:
         EncoderError: the file does not exist.
         CheckpointError: the file cannot be read or holds no tensors.
     """
-    path = os.path.expanduser(path)
-    if not os.path.isfile(path):
-        raise EncoderError(
-            f"Encoder weights file not found: {path!r}. Hint: give an existing local file "
-            "(.safetensors, .bin, .pt), a pretrained tag, or '@random'."
-        )
-    try:
-        if path.lower().endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            sd: Any = load_file(path, device="cpu")
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(
-            f"Could not read encoder weights from {path!r} ({type(exc).__name__}: {exc}). "
-            "Hint: the file may be corrupt or truncated; safetensors files must end in "
-            "'.safetensors', other files are read with torch.load(weights_only=True)."
-        ) from exc
-    for key in ("state_dict", "model"):
-        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
-            sd = sd[key]
-    if (
-        not isinstance(sd, dict)
-        or not sd
-        or not all(isinstance(v, torch.Tensor) for v in sd.values())
-    ):
-        raise CheckpointError(f"{path!r} does not hold a state dict of tensors.")
-    if all(k.startswith("module.") for k in sd):
-        sd = {k[len("module.") :]: v for k, v in sd.items()}
-    return sd
+    return read_state_dict(
+        path,
+        missing=EncoderError,
+        hint="Give an existing local file (.safetensors, .bin, .pt), a pretrained tag, or "
+        "'@random'.",
+    )
 
 
 def load_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """``load_state_dict(strict=True)`` with a readable CheckpointError on any mismatch."""
-    try:
-        result = module.load_state_dict(state_dict, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        raise CheckpointError(
-            f"Weights in {source} do not fit the model: {exc}. Hint: check that the model name "
-            "matches the checkpoint."
-        ) from exc
-    missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
-    if missing or unexpected:
-
-        def show(keys: list[str]) -> str:
-            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
-
-        raise CheckpointError(
-            f"Weights in {source} do not match the model (strict loading): "
-            f"{len(missing)} missing keys [{show(missing)}], {len(unexpected)} unexpected keys "
-            f"[{show(unexpected)}]. Hint: check that the model name matches the checkpoint."
-        )
+    """Strict loading with one readable CheckpointError (see ``ptg_refine._weights``)."""
+    load_state_dict_strict(
+        module,
+        state_dict,
+        source=source,
+        what="encoder",
+        hint="Check that the model name matches the checkpoint.",
+    )
