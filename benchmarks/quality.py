@@ -76,6 +76,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "crop": 64,
         "crops": 32,
         "train_images": 6,
+        "realizations": 1,
         "n_test": 3,
         "n_derain_test": 2,
         "n_lol": 3,
@@ -90,6 +91,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "crop": 64,
         "crops": 384,
         "train_images": N_TRAIN,
+        "realizations": 1,
         "n_test": 10,
         "n_derain_test": 6,
         "n_lol": 15,
@@ -202,6 +204,9 @@ def _window_items(
 ) -> tuple[list[dict[str, Any]], list[torch.Tensor], list[int]]:
     """``n`` fixed crops cut from whole images: item i from image ``i % len(clean)``.
 
+    ``degraded`` and ``based`` may hold several degraded versions of each image (``clean`` is then
+    repeated to the same length, entry k being a version of ``clean[k % n_images]``).
+
     The degradation and the frozen base were applied to the *whole* training image (``degraded``,
     ``based``), so a crop's base output has the same context as at test time. The same window and
     the same random flip / rotation (from ``seed + i``) are applied to the clean, degraded and base
@@ -275,11 +280,14 @@ def build_task(name: str, data: Path, cfg: dict[str, Any], base_name: str | None
     tests: list[TestSet] = []
     t0 = time.perf_counter()
 
+    reps = int(cfg.get("realizations", 1))
+
     def synthetic(task: str, offset: int) -> list[torch.Tensor]:
         out = []
-        for j, img in enumerate(clean):
-            g = torch.Generator().manual_seed(offset + j)
-            out.append(degrade(task, img, generator=g).float().contiguous())
+        for r in range(reps):  # realization r of image j is entry r * len(clean) + j
+            for j, img in enumerate(clean):
+                g = torch.Generator().manual_seed(offset + j + 100_000 * r)
+                out.append(degrade(task, img, generator=g).float().contiguous())
         return out
 
     if name == "denoise":
@@ -332,15 +340,17 @@ def build_task(name: str, data: Path, cfg: dict[str, Any], base_name: str | None
         deconv = WienerDeconv(kernels[0])
         base = deconv
         degraded, wien = [], []
-        for j, img in enumerate(clean):
-            k = kernels[j % 8]
-            g = torch.Generator().manual_seed(4000 + j)
-            noise = torch.randn(img.shape, generator=g, dtype=torch.float64)
-            b = (blur(img[None].double(), k) + 0.01 * noise).float()
-            degraded.append(b[0])
-            wien.append(deconv(b, kernel=k)[0])
+        for r in range(reps):
+            for j, img in enumerate(clean):
+                k = kernels[(j + r) % 8]
+                g = torch.Generator().manual_seed(4000 + j + 100_000 * r)
+                noise = torch.randn(img.shape, generator=g, dtype=torch.float64)
+                b = (blur(img[None].double(), k) + 0.01 * noise).float()
+                degraded.append(b[0])
+                wien.append(deconv(b, kernel=k)[0])
         info["train_degradation"] = (
-            "CBSD68[j] blurred (reflect) with Levin kernel j mod 8 + N(0, 0.01^2)"
+            "CBSD68[j] blurred (reflect) with Levin kernel (j + r) mod 8 + N(0, 0.01^2), "
+            "realization r"
         )
         pairs, outs = [], []
         for t, f in enumerate(test_files[: cfg["n_test"]]):
@@ -366,7 +376,7 @@ def build_task(name: str, data: Path, cfg: dict[str, Any], base_name: str | None
     if name != "deblur":
         wien = _run_base(base, degraded)
     items, crop_outs, srcs = _window_items(
-        clean, degraded, wien, n, size, 1000 * (1 + TASKS.index(name))
+        clean * reps, degraded, wien, n, size, 1000 * (1 + TASKS.index(name))
     )
     cached = CachedBase(None if name == "deblur" else base)
     for it, o in zip(items, crop_outs, strict=True):
@@ -382,12 +392,13 @@ def build_task(name: str, data: Path, cfg: dict[str, Any], base_name: str | None
         "count": n,
         "size": size,
         "fixed": True,
-        "protocol": "each training image degraded whole (one realization) and run whole through "
+        "protocol": "each training image degraded whole (realizations_per_image versions) and run whole through "
         "the frozen base; crops (with one random flip / rotation) cut from clean, degraded and base "
         "output alike; the prior of a crop is computed from its whole degraded image",
     }
     task = Task(name, base_name, 1 if gray else 3, base, cached, items, tests, info)
-    task.sources = [(degraded[j], j) for j in range(len(clean))]
+    info["train_crops"]["realizations_per_image"] = reps
+    task.sources = [(degraded[k], k) for k in range(len(degraded))]
     task.item_source = srcs
     return task
 
@@ -896,6 +907,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.n_test is not None:
         cfg["n_test"] = args.n_test
         cfg["n_derain_test"] = args.n_test
+    if args.realizations is not None:
+        cfg["realizations"] = args.realizations
     if args.extras is not None:
         cfg["extras"] = [e for e in args.extras.split(",") if e]
     tasks = list(TASKS) if args.task == "all" else args.task.split(",")
@@ -910,7 +923,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "budget": {
             **{
                 k: cfg[k]
-                for k in ("seeds", "steps", "batch_size", "crop", "crops", "train_images", "extras")
+                for k in (
+                    "seeds",
+                    "steps",
+                    "batch_size",
+                    "crop",
+                    "crops",
+                    "train_images",
+                    "realizations",
+                    "extras",
+                )
             },
             "lr": LR,
             "min_lr": MIN_LR,
@@ -1025,8 +1047,8 @@ def merge(main_file: Path, others: Sequence[Path]) -> dict[str, Any]:
         ]
     for f in others:
         other = json.loads(Path(f).read_text())
-        mine = {k: v for k, v in result["budget"].items() if k != "extras"}
-        theirs = {k: v for k, v in other["budget"].items() if k != "extras"}
+        mine = {"realizations": 1, **{k: v for k, v in result["budget"].items() if k != "extras"}}
+        theirs = {"realizations": 1, **{k: v for k, v in other["budget"].items() if k != "extras"}}
         if mine != theirs:
             raise ValueError(f"budgets differ: {mine} vs {theirs}")
         for name, task in other["tasks"].items():
@@ -1064,6 +1086,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="override the seeds")
     ap.add_argument("--steps", type=int, default=None, help="override the steps per run")
     ap.add_argument("--crops", type=int, default=None, help="override the training crops per task")
+    ap.add_argument(
+        "--realizations",
+        type=int,
+        default=None,
+        help="degraded versions of each training image (crop i uses version i // images)",
+    )
     ap.add_argument("--n-test", type=int, default=None, help="test images per CBSD68 test set")
     ap.add_argument(
         "--extras", default=None, help="comma list of joint, sci, feature ('' for none)"
