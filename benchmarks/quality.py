@@ -66,6 +66,7 @@ SECTION = "## Quality on real data"
 TASKS = ("denoise", "lowlight", "derain", "deblur")
 PRIORS = ("none", "stats", "mobilenet", "clip_random")
 N_TRAIN = 48  # CBSD68[:48] trains, CBSD68[48:] tests
+SAVABLE_PRIORS = ("stats",)  # refiners others can load offline (their encoder is built in)
 FEATURE_AT = {"denoise": "model.31"}  # the deepest feature map (last ReLU) of DnCNN, 64 channels
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -512,8 +513,9 @@ def run_one(
     at: str | None = None,
     grid: Path | None = None,
     swap_encoders: dict[str, Any] | None = None,
+    save_to: Path | None = None,
 ) -> dict[str, Any]:
-    """Train one refiner and score it.
+    """Train one refiner and score it (and ``save_pretrained(save_to)`` it when given).
 
     Frozen base (default; its outputs cached), jointly with a copy of the base (``joint``), or
     attached to the base's feature map ``at`` (feature level; the frozen base runs on each crop).
@@ -528,7 +530,12 @@ def run_one(
     channels = task.channels
     if at is not None:
         channels = _feature_channels(task.base, at, task.channels)
-    refiner = PTGRefiner(embed_dim=encoder.dim, in_channels=channels)
+    if prior in SAVABLE_PRIORS and at is None:
+        # same architecture; the config names the built-in encoder, so the saved refiner is
+        # usable as is: refine(net, PTGRefiner.from_pretrained(folder))
+        refiner = PTGRefiner(encoder=prior, in_channels=channels)
+    else:
+        refiner = PTGRefiner(embed_dim=encoder.dim, in_channels=channels)
     base = copy.deepcopy(task.base) if joint else task.cached
     if at is not None:
         base = task.base
@@ -581,6 +588,9 @@ def run_one(
     eval_s = time.perf_counter() - t0
     if grid is not None:
         _grid(task, model, grid)
+    if save_to is not None:
+        refiner.save_pretrained(save_to)
+        log(f"  saved the refiner to {save_to}")
     return {
         "task": task.name,
         "base": task.base_name,
@@ -997,8 +1007,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if prior == "mobilenet" and first and mode == "full":
                     grid = RESULTS / f"quality_grid_{tname}.png"
                 at = FEATURE_AT[tname] if joint == "feature" else None
+                save_to = None
+                if args.save_refiners and prior in SAVABLE_PRIORS and joint is False:
+                    save_to = args.save_refiners / f"{tname}-{tk.base_name}-{prior}-seed{seed}"
                 r = run_one(
-                    tk, prior, encoders[prior][0], seed, cfg, joint=joint is True, at=at, grid=grid
+                    tk,
+                    prior,
+                    encoders[prior][0],
+                    seed,
+                    cfg,
+                    joint=joint is True,
+                    at=at,
+                    grid=grid,
+                    save_to=save_to,
                 )
                 entry["runs"].append(r)
                 bs = entry["bases"][tk.base_name]
@@ -1107,6 +1128,12 @@ def main(argv: list[str] | None = None) -> int:
         help="add the tasks of these result files (runs split over processes) to --out, render",
     )
     ap.add_argument("--no-docs", action="store_true", help="do not touch docs/benchmarks.md")
+    ap.add_argument(
+        "--save-refiners",
+        type=Path,
+        default=None,
+        help="save the refiners trained with the built-in 'stats' prior here (frozen base)",
+    )
     args = ap.parse_args(argv)
     args.argv = argv
     torch.set_num_threads(args.threads)
