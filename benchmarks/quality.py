@@ -1003,7 +1003,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for tk, prior, joint in variants:
                 grid = None
                 first = seed == cfg["seeds"][0] and not joint and tk is task
-                if prior == "mobilenet" and first and mode == "full":
+                if prior == "mobilenet" and first and mode == "full" and args.grids:
                     grid = RESULTS / f"quality_grid_{tname}.png"
                 at = FEATURE_AT[tname] if joint == "feature" else None
                 save_to = None
@@ -1127,6 +1127,12 @@ def main(argv: list[str] | None = None) -> int:
         help="add the tasks of these result files (runs split over processes) to --out, render",
     )
     ap.add_argument("--no-docs", action="store_true", help="do not touch docs/benchmarks.md")
+    ap.add_argument(
+        "--no-grids",
+        dest="grids",
+        action="store_false",
+        help="do not write the before/after grids (for extra runs beside a main one)",
+    )
     ap.add_argument(
         "--save-refiners",
         type=Path,
