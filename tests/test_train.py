@@ -401,6 +401,12 @@ def test_resume_with_other_settings_fails(tmp_path):
         fit(
             _model(), PairSet(), steps=4, out_dir=tmp_path, resume=True, **{**FAST, "batch_size": 2}
         )
+    # another base network (other weights, same architecture) is refused too
+    other = _model()
+    with torch.no_grad():
+        other.base[0].weight.add_(0.01)
+    with pytest.raises(ConfigError, match="base network: its weights differ"):
+        fit(other, PairSet(), steps=4, out_dir=tmp_path, resume=True, **FAST)
     # resume=True without a checkpoint starts fresh
     result = fit(_model(), PairSet(), steps=2, out_dir=tmp_path / "new", resume=True, **FAST)
     assert result.resumed_from is None and result.completed

@@ -8,6 +8,7 @@ saving leaves the previous checkpoint intact and no partial file under the final
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from pathlib import Path
@@ -112,6 +113,20 @@ def _normalize(value: Any) -> Any:
     return value
 
 
+def module_fingerprint(module: torch.nn.Module) -> str:
+    """A short content hash of ``module``'s state dict (names, shapes, dtypes and values).
+
+    Recorded in checkpoints so that resuming with another base network (other weights) is refused
+    instead of silently continuing a refiner trained for a different network.
+    """
+    h = hashlib.blake2b(digest_size=8)
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def check_settings(saved: dict[str, Any], current: dict[str, Any], *, source: str) -> None:
     """Raise :class:`ConfigError` listing every setting of ``current`` that differs from ``saved``.
 
@@ -123,6 +138,14 @@ def check_settings(saved: dict[str, Any], current: dict[str, Any], *, source: st
         for key in sorted(set(saved_n) & set(current_n))
         if saved_n[key] != current_n[key]
     ]
+    if "base_fingerprint" in saved_n and saved_n.get("base_fingerprint") != current_n.get(
+        "base_fingerprint", saved_n["base_fingerprint"]
+    ):
+        diffs = [d for d in diffs if not d.startswith("base_fingerprint:")]
+        diffs.append(
+            "base network: its weights differ from those of the run that wrote the checkpoint "
+            "(a refiner is trained for one base network)"
+        )
     if diffs:
         raise ConfigError(
             f"Cannot resume from {source}: it was written with other training settings:\n  "

@@ -30,7 +30,13 @@ from ..wrap import RefinedModel
 from . import checkpoint as _ckpt
 from . import distributed as _dist
 from .cache import FeatureCache, content_key, normalize_key
-from .checkpoint import CHECKPOINT_NAME, capture_rng_state, check_settings, restore_rng_state
+from .checkpoint import (
+    CHECKPOINT_NAME,
+    capture_rng_state,
+    check_settings,
+    module_fingerprint,
+    restore_rng_state,
+)
 from .losses import LossFn, get_loss, loss_name, requires_target
 
 __all__ = ["BASE_WEIGHTS_NAME", "LOG_NAME", "REFINER_DIR", "FitResult", "fit"]
@@ -455,6 +461,9 @@ def fit(
         "world_size": info.world_size,
         "dataset_length": n_items,
         "refiner_config": refiner.config.to_dict(),
+        "at": getattr(model, "at", None),
+        # a frozen base must be the same network on resume (a joint one comes from the checkpoint)
+        "base_fingerprint": None if joint else module_fingerprint(model.base),
     }
 
     params = [p for p in refiner.parameters() if p.requires_grad]
