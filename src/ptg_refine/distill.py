@@ -210,6 +210,7 @@ image, so a PTG-RM refiner trained with the teacher runs without it at inference
 
 ```python
 from ptg_refine import refine
+
 model = refine(my_restoration_net, refiner, encoder="student:{{ repo_id }}")
 ```
 

@@ -153,7 +153,7 @@ image-restoration network using a frozen pre-trained encoder's feature vector as
 from ptg_refine import PTGRefiner, refine
 
 refiner = PTGRefiner.from_pretrained("{{ repo_id }}")
-model = refine(my_restoration_net, refiner)   # degraded (B, C, H, W) in [0, 1] -> refined
+model = refine(my_restoration_net, refiner)  # degraded (B, C, H, W) in [0, 1] -> refined
 ```
 
 {{ notes }}
