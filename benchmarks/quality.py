@@ -881,7 +881,7 @@ def goals(result: dict[str, Any]) -> list[str]:
         "0.27–0.34 dB on the 3 real pairs (rain unlike the synthetic training rain).",
         "- Reproducibility: a separate run of the `stats` prior, seed 0, on all four tasks "
         "(``--priors stats --seeds 0 --extras '' --save-refiners benchmarks/results/refiners``, "
-        "``quality_saved_refiners.json``) gave the same PSNR to 0.01 dB on every test set; "
+        "``quality_saved_refiners.json``) gave the same PSNR on every test set (identical to 1e-4 dB); "
         "those four refiners are saved in ``benchmarks/results/refiners/`` and load offline "
         "with ``PTGRefiner.from_pretrained(folder)`` (their encoder is the built-in `stats`).",
         "",
