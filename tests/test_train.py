@@ -487,3 +487,61 @@ def test_batch_psnr_in_log_matches_metric():
     with torch.no_grad():
         out = model.base(data.lq).clamp(0, 1)
     assert result.history[0]["psnr"] == pytest.approx(float(psnr(out, data.gt).mean()), abs=1e-4)
+
+
+# ------------------------------------------------------------------------------------- keep_best
+class _Misleading(PairSet):
+    """Training targets that pull away from the truth: the negative of the clean image."""
+
+    def __getitem__(self, i: int) -> dict:
+        item = super().__getitem__(i)
+        item["gt"] = 1 - item["gt"]
+        return item
+
+
+def test_keep_best_needs_validation_data():
+    with pytest.raises(ConfigError, match="keep_best=True .* needs val_data"):
+        fit(_model(), PairSet(), steps=2, keep_best=True, **FAST)
+
+
+def test_keep_best_falls_back_to_the_untrained_refiner_when_training_hurts(tmp_path):
+    model = _model(base=_blur_base())
+    val = [(PairSet().lq[i], PairSet().gt[i], f"v{i}") for i in range(3)]
+    x = PairSet().lq[:2]
+    with torch.no_grad():
+        before = model(x)
+    result = fit(
+        model, _Misleading(), val, steps=8, val_every=4, keep_best=True, out_dir=tmp_path,
+        **{**FAST, "lr": 5e-3},
+    )  # fmt: skip
+    assert result.best_step == 0
+    scores = [r["val"]["psnr_refined"] for r in result.history if "val" in r]
+    assert scores and max(scores) < result.best_val_psnr  # training made validation worse
+    with torch.no_grad():
+        assert torch.equal(model(x), before)  # the untrained refiner (the identity) was kept
+    saved = PTGRefiner.from_pretrained(result.refiner_dir)
+    assert _same_weights(saved, model.refiner)
+
+
+def test_keep_best_keeps_the_best_validated_step_and_survives_resume(tmp_path):
+    from ptg_refine.train import SyntheticPairs
+
+    def run(out, **kw):
+        data = SyntheticPairs(_clean_images(), "denoise", crop=32, sigma=25, length=16, fixed=True)
+        val = SyntheticPairs(_clean_images(2), "denoise", crop=32, sigma=25, length=2, fixed=True)
+        model = _model(base=_blur_base())
+        result = fit(
+            model, data, val, steps=12, val_every=4, keep_best=True, out_dir=out,
+            checkpoint_every=4, **{**FAST, "lr": 2e-3}, **kw,
+        )  # fmt: skip
+        return model, result
+
+    full_model, full = run(tmp_path / "a")
+    scores = {0: None, **{r["step"]: r["val"]["psnr_refined"] for r in full.history if "val" in r}}
+    assert full.best_step in scores and full.best_step > 0
+    assert full.best_val_psnr == max(v for v in scores.values() if v is not None)
+    # interrupted after 6 steps, then resumed: the same weights are kept
+    run(tmp_path / "b", max_steps_this_call=6)
+    part_model, part = run(tmp_path / "b", resume=True)
+    assert part.best_step == full.best_step and part.best_val_psnr == full.best_val_psnr
+    assert _same_weights(part_model.refiner, full_model.refiner)

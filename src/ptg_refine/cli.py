@@ -117,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, help="output folder (refiner/, checkpoint.pt, log.jsonl)"
     )
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument(
+        "--keep-best",
+        action="store_true",
+        help="keep the weights with the best validation PSNR (needs --val-lq/--val-gt)",
+    )
+    p.add_argument("--val-every", type=int, default=None, help="validate every N steps")
     p.add_argument("--checkpoint-every", type=int, default=200)
     _add_device(p)
 
@@ -318,6 +324,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
+        val_every=args.val_every,
+        keep_best=args.keep_best,
         device=args.device,
     )
     print(

@@ -61,6 +61,9 @@ class FitResult:
             that was resumed).
         val_metrics: mean validation metrics of the last validation (see
             :func:`ptg_refine.evaluate.evaluate`), or None.
+        best_step: with ``keep_best``, the step whose weights were kept (0: the untrained
+            refiner), else None.
+        best_val_psnr: with ``keep_best``, the validation ``psnr_refined`` of those weights.
         completed: False when ``max_steps_this_call`` stopped the run early.
         resumed_from: the step of the checkpoint this call resumed from, or None.
         seconds: wall time of this call.
@@ -77,6 +80,8 @@ class FitResult:
     final_loss: float | None
     history: list[dict[str, Any]] = field(default_factory=list)
     val_metrics: dict[str, float] | None = None
+    best_step: int | None = None
+    best_val_psnr: float | None = None
     completed: bool = True
     resumed_from: int | None = None
     seconds: float = 0.0
@@ -256,6 +261,7 @@ def fit(
     cache_size: int = 100_000,
     num_workers: int = 0,
     val_every: int | None = None,
+    keep_best: bool = False,
     log_every: int = 10,
     progress: bool = True,
     device: str | torch.device | None = None,
@@ -320,6 +326,12 @@ def fit(
         cache_size: maximum cached feature vectors (least recently used dropped first).
         num_workers: DataLoader worker processes.
         val_every: validate every this many steps; None: only at the end.
+        keep_best: needs ``val_data``: also validate before the first step (the untrained
+            refiner, i.e. the base network's own output) and, at the end, keep the weights with
+            the best validation ``psnr_refined`` (the refiner's, and the base's in joint
+            training) instead of the last ones. The refiner then never scores below its
+            starting point on ``val_data``. The best weights travel in checkpoints, so a resumed
+            run keeps them. Under DDP the main process validates and keeps them (it saves).
         log_every: log (``log.jsonl``, progress bar, ``history``) every this many steps.
         progress: show a tqdm progress bar (rank 0).
         device: None: the refiner's device (``cuda:LOCAL_RANK`` under torchrun with CUDA).
@@ -360,6 +372,11 @@ def fit(
         _positive_int(name, value)
     _positive_int("checkpoint_every", checkpoint_every, allow_none=True)
     _positive_int("val_every", val_every, allow_none=True)
+    if keep_best and val_data is None:
+        raise ConfigError(
+            "keep_best=True chooses the weights by their validation score and needs val_data. "
+            "Hint: hold out some training pairs as val_data, or pass keep_best=False."
+        )
     _positive_int("max_steps_this_call", max_steps_this_call, allow_none=True)
     _positive_int("cache_size", cache_size)
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
@@ -481,6 +498,7 @@ def fit(
     # ---------------------------------------------------------------- resume or start fresh
     start_step = 0
     resumed_from = None
+    best: dict[str, Any] | None = None  # keep_best: the best weights so far
     pending_loss: list = [0.0, 0]  # loss sum and count since the last log line
     resume_path: Path | None = None
     if resume is True:
@@ -497,6 +515,7 @@ def fit(
             check_settings(state.get("settings", {}), settings, source=str(resume_path))
             _load_training_state(state, model, joint, opt, sched, scaler, info, resume_path)
             start_step = resumed_from = int(state["step"])
+            best = state.get("best") if keep_best else None
             pending = state.get("pending_loss") or []
             if len(pending) == info.world_size:
                 pending_loss = list(pending[info.rank])
@@ -520,6 +539,10 @@ def fit(
         _dist.cleanup(info)
         raise
 
+    val_cache = FeatureCache(cache_size) if cache_features else None
+    if keep_best and best is None and info.is_main:
+        best = _snapshot(model, joint, start_step, _validate(model, val_data, val_cache, dev))
+
     trainable: nn.Module = _Trainable(model)
     if info.distributed:
         from torch.nn.parallel import DistributedDataParallel
@@ -529,7 +552,6 @@ def fit(
         )
 
     cache = FeatureCache(cache_size) if cache_features else None
-    val_cache = FeatureCache(cache_size) if cache_features else None
     collate = functools.partial(_collate, cache_keys=cache is not None)
     stop_step = (
         steps if max_steps_this_call is None else min(steps, start_step + max_steps_this_call)
@@ -652,6 +674,8 @@ def fit(
                     if do_val and info.is_main:
                         val_metrics = _validate(model, val_data, val_cache, dev)
                         record["val"] = val_metrics
+                        if keep_best and _score(val_metrics) > _score(best["metrics"]):
+                            best = _snapshot(model, joint, step, val_metrics)
                     final_loss = mean_loss
                     history.append(record)
                     if info.is_main and log_file is not None:
@@ -683,10 +707,16 @@ def fit(
                         batches_per_epoch,
                         final_loss,
                         [float(loss_acc), loss_count],
+                        best,
                     )
             del loader
 
         completed = step >= steps
+        if keep_best and completed and best is not None:
+            model.refiner.load_state_dict(best["refiner"])
+            if joint and best.get("base") is not None:
+                model.base.load_state_dict(best["base"])
+            logger.info("keep_best: kept the weights of step %d", best["step"])
         refiner_dir = base_path = None
         if out_path is not None and info.is_main:
             if completed:
@@ -710,6 +740,8 @@ def fit(
         final_loss=final_loss,
         history=history,
         val_metrics=val_metrics,
+        best_step=None if best is None else int(best["step"]),
+        best_val_psnr=None if best is None else _score(best["metrics"]),
         completed=completed,
         resumed_from=resumed_from,
         seconds=time.perf_counter() - t_start,
@@ -748,6 +780,27 @@ def _restore_flags(
         model.base.train(base_training)
 
 
+def _score(metrics: dict[str, float]) -> float:
+    value = metrics.get("psnr_refined", float("nan"))
+    return value if math.isfinite(value) else float("-inf")
+
+
+def _snapshot(
+    model: RefinedModel, joint: bool, step: int, metrics: dict[str, float]
+) -> dict[str, Any]:
+    """A CPU copy of the trained weights and their validation metrics (for ``keep_best``)."""
+    return {
+        "step": step,
+        "metrics": dict(metrics),
+        "refiner": {k: v.detach().cpu().clone() for k, v in model.refiner.state_dict().items()},
+        "base": (
+            {k: v.detach().cpu().clone() for k, v in model.base.state_dict().items()}
+            if joint
+            else None
+        ),
+    }
+
+
 def _validate(
     model: RefinedModel, val_data: Any, cache: FeatureCache | None, dev: torch.device
 ) -> dict[str, float]:
@@ -770,6 +823,7 @@ def _write_checkpoint(
     batches_per_epoch: int,
     last_loss: float | None,
     pending_loss: list,
+    best: dict[str, Any] | None = None,
 ) -> None:
     # every process's RNG states and loss sum since the last log line
     gathered = _dist.all_gather_objects(info, (capture_rng_state(), pending_loss))
@@ -791,6 +845,7 @@ def _write_checkpoint(
         "pending_loss": [g[1] for g in gathered],
         "settings": settings,
         "last_loss": last_loss,
+        "best": best,
     }
     _ckpt.save_checkpoint(path, state)
     logger.info("checkpoint at step %d written to %s", step, path)
