@@ -66,6 +66,7 @@ SECTION = "## Quality on real data"
 TASKS = ("denoise", "lowlight", "derain", "deblur")
 PRIORS = ("none", "stats", "mobilenet", "clip_random")
 N_TRAIN = 48  # CBSD68[:48] trains, CBSD68[48:] tests
+N_VAL_CROPS = 48  # keep_best: the last 48 training crops validate (training images only)
 SAVABLE_PRIORS = ("stats",)  # refiners others can load offline (their encoder is built in)
 # the deepest feature map of each network: DnCNN's last ReLU (64 channels), Zero-DCE's last
 # hidden convolution (32 channels, before its ReLU and the curve-parameter head)
@@ -516,11 +517,14 @@ def run_one(
     grid: Path | None = None,
     swap_encoders: dict[str, Any] | None = None,
     save_to: Path | None = None,
+    keep_best: bool = False,
 ) -> dict[str, Any]:
     """Train one refiner and score it (and ``save_pretrained(save_to)`` it when given).
 
     Frozen base (default; its outputs cached), jointly with a copy of the base (``joint``), or
     attached to the base's feature map ``at`` (feature level; the frozen base runs on each crop).
+    ``keep_best`` holds the last ``N_VAL_CROPS`` training crops out as validation data (training
+    images, never test images) and keeps the best-validated weights (``fit(keep_best=True)``).
     ``swap_encoders`` ({name: encoder}) re-evaluates the trained refiner with each other encoder
     in place of the one it was trained with (e.g. a distilled student of the teacher prior).
     """
@@ -546,9 +550,14 @@ def run_one(
             p.requires_grad_(True)
     model = refine(base, refiner, encoder=encoder, freeze_base=not joint, at=at)
     t0 = time.perf_counter()
+    train_items, val_kw = task.train, {}
+    if keep_best:
+        train_items = task.train[:-N_VAL_CROPS]
+        val = [(it["lq"], it["gt"], it["name"]) for it in task.train[-N_VAL_CROPS:]]
+        val_kw = {"val_data": val, "val_every": max(1, cfg["steps"] // 5), "keep_best": True}
     res = fit(
         model,
-        ListData(task.train),
+        ListData(train_items),
         steps=cfg["steps"],
         batch_size=cfg["batch_size"],
         lr=LR,
@@ -560,6 +569,7 @@ def run_one(
         checkpoint_every=None,
         log_every=max(1, cfg["steps"] // 4),
         progress=False,
+        **val_kw,
     )
     train_s = time.perf_counter() - t0
     hist = [h for h in res.history if h.get("psnr") is not None]
@@ -596,7 +606,11 @@ def run_one(
     return {
         "task": task.name,
         "base": task.base_name,
-        "mode": "joint" if joint else (f"feature@{at}" if at else "frozen"),
+        "mode": "joint"
+        if joint
+        else (f"feature@{at}" if at else ("frozen+keep_best" if keep_best else "frozen")),
+        "best_step": res.best_step,
+        "best_val_psnr": res.best_val_psnr,
         "prior": prior,
         "seed": seed,
         "steps": res.steps,
@@ -771,6 +785,8 @@ def render(result: dict[str, Any], out_dir: Path = RESULTS, docs: Path | None = 
         test = t["bases"][r["base"]][r["test"]]
         name = f"{r['task']} ({test['description']}, {len(test['images'])} img)"
         base = r["base"] + (" + joint (Eq. 8)" if r["mode"] == "joint" else "")
+        if r["mode"] == "frozen+keep_best":
+            base += " + keep_best (validation on training crops)"
         if r["mode"].startswith("feature@"):
             base += f" + feature level at `{r['mode'][8:]}`"
         lines.append(
@@ -1016,6 +1032,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             variants += [(sci, p, False) for p in ("none", "mobilenet") if p in priors]
         if tname == "lowlight" and "joint" in cfg["extras"]:
             variants += [(task, p, True) for p in ("mobilenet",) if p in priors]
+        if "keep_best" in cfg["extras"]:
+            variants += [(task, p, "keep_best") for p in priors]
         if tname in FEATURE_AT and "feature" in cfg["extras"]:
             variants += [(task, p, "feature") for p in priors]
         for seed in cfg["seeds"]:
@@ -1038,6 +1056,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     at=at,
                     grid=grid,
                     save_to=save_to,
+                    keep_best=joint == "keep_best",
                 )
                 entry["runs"].append(r)
                 bs = entry["bases"][tk.base_name]
@@ -1133,7 +1152,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--n-test", type=int, default=None, help="test images per CBSD68 test set")
     ap.add_argument(
-        "--extras", default=None, help="comma list of joint, sci, feature ('' for none)"
+        "--extras", default=None, help="comma list of joint, sci, feature, keep_best ('' for none)"
     )
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--out", type=Path, default=None, help="result JSON path")
