@@ -1042,7 +1042,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 first = seed == cfg["seeds"][0] and not joint and tk is task
                 if prior == "mobilenet" and first and mode == "full" and args.grids:
                     grid = RESULTS / f"quality_grid_{tname}.png"
-                at = FEATURE_AT[tname] if joint == "feature" else None
+                at = (args.feature_at or FEATURE_AT[tname]) if joint == "feature" else None
                 save_to = None
                 if args.save_refiners and prior in SAVABLE_PRIORS and joint is False:
                     save_to = args.save_refiners / f"{tname}-{tk.base_name}-{prior}-seed{seed}"
@@ -1155,6 +1155,9 @@ def main(argv: list[str] | None = None) -> int:
         "--extras", default=None, help="comma list of joint, sci, feature, keep_best ('' for none)"
     )
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument(
+        "--feature-at", default=None, help="attach point of the 'feature' extra (default: deepest)"
+    )
     ap.add_argument("--out", type=Path, default=None, help="result JSON path")
     ap.add_argument("--render", action="store_true", help="only render docs + plot from the JSON")
     ap.add_argument(
