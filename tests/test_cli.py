@@ -15,20 +15,7 @@ from ptg_refine import PTGRefiner
 from ptg_refine.cli import main
 from ptg_refine.io import read_image, write_image
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+pytestmark = pytest.mark.usefixtures("one_thread", "offline")
 
 
 def _photos(n: int = 3, size: int = 40) -> list[torch.Tensor]:

@@ -13,22 +13,9 @@ from ptg_refine.distill import StudentEncoder, distill_encoder, feature_cosine
 from ptg_refine.encoders import create_encoder, encoder_dim, list_encoders
 from ptg_refine.errors import CheckpointError, ConfigError, EncoderError, HubFileMissingError
 
+pytestmark = pytest.mark.usefixtures("one_thread", "offline")
+
 TINY = {"input_size": 32, "widths": (8, 16), "hidden": 32}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
 def _images(n: int = 4, size: int = 48) -> list[torch.Tensor]:

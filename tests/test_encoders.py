@@ -37,6 +37,8 @@ from ptg_refine.errors import (
     UnknownEncoderError,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # one buildable-offline spec per registered name; a new registered encoder must be added here
 SPECS = {
     "stats": "stats",
@@ -57,15 +59,6 @@ def _spec(name: str) -> str:
         StudentEncoder(dim=8, input_size=32, widths=(8, 16), hidden=16).save_pretrained(folder)
         SPECS["student"] = f"student:{folder}"
     return SPECS[name]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small tensors: one intra-op thread is as fast and avoids thrashing on a loaded 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -16,14 +16,7 @@ from ptg_refine.io import read_image, write_image
 from ptg_refine.metrics import psnr, ssim
 from ptg_refine.train import FeatureCache
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: faster on these small tensors."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 COLUMNS = ("psnr_input", "ssim_input", "psnr_base", "ssim_base", "psnr_refined", "ssim_refined")

@@ -9,13 +9,7 @@ from torch import nn
 from ptg_refine import PTGRefiner, refine
 from ptg_refine.errors import ConfigError, ShapeError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class UnderExposer(nn.Module):

@@ -21,14 +21,7 @@ from ptg_refine.metrics import psnr
 from ptg_refine.train import FeatureCache, FitResult, fit, get_loss, list_losses
 from ptg_refine.train.losses import charbonnier, l1, mse, zero_dce
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: faster on small tensors, and deterministic across processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------ data
