@@ -11,9 +11,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 
-__all__ = ["load_state_dict_strict", "read_state_dict", "short_list"]
+__all__ = [
+    "load_state_dict_strict",
+    "read_config_json",
+    "read_safetensors",
+    "read_state_dict",
+    "short_list",
+]
 
 _WRAPPER_KEYS = ("state_dict", "model", "params")
 
@@ -22,6 +28,45 @@ def short_list(items: list[str], limit: int = 8) -> str:
     """``[a, b, ... and N more]``: a list cut for an error message."""
     shown = ", ".join(items[:limit])
     return f"[{shown}{f', ... and {len(items) - limit} more' if len(items) > limit else ''}]"
+
+
+def read_config_json(path: str | os.PathLike, what: str) -> dict:
+    """The JSON object in a saved model's ``config.json`` (``what``: e.g. "refiner").
+
+    Raises:
+        ConfigError: the file cannot be read or parsed, or holds no JSON object.
+    """
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"Cannot read {what} config {path}: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{what.capitalize()} config {path} must hold a JSON object, got {type(data).__name__}."
+        )
+    return data
+
+
+def read_safetensors(
+    path: str | os.PathLike, *, map_location: str | torch.device = "cpu"
+) -> dict[str, torch.Tensor]:
+    """The tensors of a saved model's ``model.safetensors``.
+
+    Raises:
+        CheckpointError: the file is missing, corrupt or not safetensors.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device=str(map_location))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(
+            f"Cannot read weights file {path}: {err}. The file is corrupt or not safetensors; "
+            "re-download it (force_download=True) or re-save it with save_pretrained()."
+        ) from err
 
 
 def read_state_dict(

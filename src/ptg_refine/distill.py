@@ -39,10 +39,10 @@ from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from torch import nn
 
 from ._atomic import atomic_write
-from ._weights import load_state_dict_strict
+from ._weights import load_state_dict_strict, read_config_json, read_safetensors
 from .encoders.base import IMAGENET_MEAN, IMAGENET_STD, Encoder
 from .encoders.registry import create_encoder, list_encoders, register_encoder
-from .errors import CheckpointError, ConfigError, DataError, EncoderError
+from .errors import ConfigError, DataError, EncoderError
 
 __all__ = [
     "STUDENT_FORMAT",
@@ -371,13 +371,7 @@ class StudentEncoder(
     @classmethod
     def from_config_file(cls, path: str | os.PathLike) -> StudentEncoder:
         """Build an untrained student from a ``config.json``."""
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ConfigError(f"Cannot read student config {path}: {err}") from err
-        if not isinstance(data, dict):
-            raise ConfigError(f"Student config {path} must hold a JSON object.")
-        cfg = StudentConfig.from_dict(data, source=str(path))
+        cfg = StudentConfig.from_dict(read_config_json(path, "student"), source=str(path))
         return cls(
             dim=cfg.dim,
             input_size=cfg.input_size,
@@ -392,16 +386,7 @@ class StudentEncoder(
         self, path: str | os.PathLike, *, map_location: str | torch.device = "cpu"
     ) -> None:
         """Load ``model.safetensors`` strictly (keys and shapes must match, finite values)."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(path), device=str(map_location))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-            raise CheckpointError(
-                f"Cannot read weights file {path}: {err}. The file is corrupt or not safetensors; "
-                "re-download it (force_download=True) or re-save it with save_pretrained()."
-            ) from err
+        state = read_safetensors(path, map_location=map_location)
         load_state_dict_strict(
             self,
             state,

@@ -21,8 +21,8 @@ from torch import nn
 
 from . import _checks
 from ._atomic import atomic_write
-from ._weights import load_state_dict_strict
-from .errors import CheckpointError, ConfigError
+from ._weights import load_state_dict_strict, read_config_json, read_safetensors
+from .errors import ConfigError
 from .layers import (
     PositionEmbedding,
     PriorMapping,
@@ -696,32 +696,15 @@ class PTGRefiner(
     @classmethod
     def from_config_file(cls, path: str | os.PathLike) -> PTGRefiner:
         """Build an untrained refiner from a ``config.json``."""
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ConfigError(f"Cannot read refiner config {path}: {err}") from err
-        if not isinstance(data, dict):
-            raise ConfigError(
-                f"Refiner config {path} must hold a JSON object, got {type(data).__name__}."
-            )
-        cfg = RefinerConfig.from_dict(data)
-        return cls(**cfg.to_dict())
+        return cls(**RefinerConfig.from_dict(read_config_json(path, "refiner")).to_dict())
 
     def load_weights(
         self, path: str | os.PathLike, *, map_location: str | torch.device = "cpu"
     ) -> None:
         """Load ``model.safetensors`` strictly (keys, shapes and dtypes must match)."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(path), device=str(map_location))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-            raise CheckpointError(
-                f"Cannot read weights file {path}: {err}. The file is corrupt or not safetensors; "
-                "re-download it (force_download=True) or re-save it with save_pretrained()."
-            ) from err
-        self.load_state_dict_strict(state, source=str(path))
+        self.load_state_dict_strict(
+            read_safetensors(path, map_location=map_location), source=str(path)
+        )
 
     def load_state_dict_strict(
         self, state: dict[str, torch.Tensor], *, source: str = "state dict"
