@@ -44,7 +44,8 @@ RESULTS = HERE / "results" / "distill.json"
 EXTRA_TEST = ("astronaut",)  # never in the distillation pool (removed below), only for evaluation
 
 
-def _time(fn, x: torch.Tensor, repeats: int) -> float:
+def median_seconds(fn, x: torch.Tensor, repeats: int) -> float:
+    """Median wall time of ``fn(x)`` over ``repeats`` runs after one warm-up, in inference mode."""
     with torch.inference_mode():
         fn(x)
         times = []
@@ -129,8 +130,8 @@ def main() -> None:
     timings = {}
     for side in (256, 512):
         x = torch.rand(1, 3, side, side)
-        tt = _time(teacher, x, 5)
-        ts = _time(student, x, 20)
+        tt = median_seconds(teacher, x, 5)
+        ts = median_seconds(student, x, 20)
         timings[f"encoder_{side}"] = {
             "teacher_ms": round(tt * 1e3, 1),
             "student_ms": round(ts * 1e3, 1),
@@ -196,8 +197,8 @@ def main() -> None:
     }
 
     x = torch.rand(1, 3, 256, 256)
-    pt = _time(with_teacher, x, 5)
-    ps = _time(with_student, x, 5)
+    pt = median_seconds(with_teacher, x, 5)
+    ps = median_seconds(with_student, x, 5)
     timings["pipeline_256"] = {
         "teacher_ms": round(pt * 1e3, 1),
         "student_ms": round(ps * 1e3, 1),

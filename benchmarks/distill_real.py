@@ -41,19 +41,10 @@ if __package__ in (None, ""):
 from benchmarks import quality
 from benchmarks.bases import EvalDataMissing, load_base
 from benchmarks.bases.images import read_pairs, resolve_data_dir
+from benchmarks.distill import median_seconds
 from benchmarks.priors import cached_encoder, mobilenet_encoder
 
 RESULTS = quality.RESULTS
-
-
-def _median_time(fn: Any, x: torch.Tensor, repeats: int) -> float:
-    fn(x)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn(x)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def time_pipeline(data: Path, teacher: Any, student: Any, repeats: int) -> dict[str, Any]:
@@ -82,8 +73,8 @@ def time_pipeline(data: Path, teacher: Any, student: Any, repeats: int) -> dict[
         for name, enc in encoders.items():
             refiner = PTGRefiner(embed_dim=enc.dim).eval()
             model = refine(base, refiner, encoder=enc).eval()
-            timing[f"{name}_encoder_ms"] = round(_median_time(enc, x, repeats) * 1e3, 1)
-            timing[f"{name}_pipeline_ms"] = round(_median_time(model, x, repeats) * 1e3, 1)
+            timing[f"{name}_encoder_ms"] = round(median_seconds(enc, x, repeats) * 1e3, 1)
+            timing[f"{name}_pipeline_ms"] = round(median_seconds(model, x, repeats) * 1e3, 1)
     for name in encoders:
         if name != "student":
             timing[f"{name}_vs_student_encoder_speedup"] = round(
@@ -258,10 +249,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write(report: dict[str, Any], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(out)
+    quality._save(report, out)
     quality.log(f"wrote {out}")
 
 
