@@ -528,14 +528,14 @@ def run_one(
     ``swap_encoders`` ({name: encoder}) re-evaluates the trained refiner with each other encoder
     in place of the one it was trained with (e.g. a distilled student of the teacher prior).
     """
-    from ptg_refine import PTGRefiner, refine
+    from ptg_refine import PTGRefiner, feature_channels, refine
     from ptg_refine.evaluate import evaluate
     from ptg_refine.train import fit
 
     torch.manual_seed(seed)
     channels = task.channels
     if at is not None:
-        channels = _feature_channels(task.base, at, task.channels)
+        channels = feature_channels(task.base, at, task.channels)
     if prior in SAVABLE_PRIORS and at is None:
         # same architecture; the config names the built-in encoder, so the saved refiner is
         # usable as is: refine(net, PTGRefiner.from_pretrained(folder))
@@ -622,19 +622,6 @@ def run_one(
         "eval_s": round(eval_s, 1),
         "tests": tests,
     }
-
-
-def _feature_channels(base: nn.Module, at: str, channels: int) -> int:
-    """Channel count of the output of submodule ``at`` of ``base`` (one small probe forward)."""
-    seen = []
-    module = dict(base.named_modules())[at]
-    handle = module.register_forward_hook(lambda m, i, o: seen.append(o.shape[1]))
-    try:
-        with torch.no_grad():
-            base(torch.rand(1, channels, 16, 16))
-    finally:
-        handle.remove()
-    return seen[0]
 
 
 def base_scores(task: Task) -> dict[str, Any]:
@@ -1025,28 +1012,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"  {test}: input {s['psnr_input']:.2f} dB, base {s['psnr_base']:.2f} / {s['ssim_base']:.3f}"
             )
         result["tasks"][tname] = entry
-        variants: list[tuple[Task, str, bool | str]] = [(task, p, False) for p in priors]
+        # (task, prior, variant): variant "frozen" (the default), "joint", "feature", "keep_best"
+        variants: list[tuple[Task, str, str]] = [(task, p, "frozen") for p in priors]
         if tname == "lowlight" and "sci" in cfg["extras"]:
             sci = build_task("lowlight", data, cfg, base_name="sci")
             for enc, cache in encoders.values():
                 share_priors(sci, enc, cache)
             entry["bases"]["sci"] = base_scores(sci)
-            variants += [(sci, p, False) for p in ("none", "mobilenet") if p in priors]
+            variants += [(sci, p, "frozen") for p in ("none", "mobilenet") if p in priors]
         if tname == "lowlight" and "joint" in cfg["extras"]:
-            variants += [(task, p, True) for p in ("mobilenet",) if p in priors]
+            variants += [(task, p, "joint") for p in ("mobilenet",) if p in priors]
         if "keep_best" in cfg["extras"]:
             variants += [(task, p, "keep_best") for p in priors]
         if tname in FEATURE_AT and "feature" in cfg["extras"]:
             variants += [(task, p, "feature") for p in priors]
         for seed in cfg["seeds"]:
-            for tk, prior, joint in variants:
+            for tk, prior, variant in variants:
                 grid = None
-                first = seed == cfg["seeds"][0] and not joint and tk is task
+                first = seed == cfg["seeds"][0] and variant == "frozen" and tk is task
                 if prior == "mobilenet" and first and mode == "full" and args.grids:
                     grid = RESULTS / f"quality_grid_{tname}.png"
-                at = (args.feature_at or FEATURE_AT[tname]) if joint == "feature" else None
+                at = (args.feature_at or FEATURE_AT[tname]) if variant == "feature" else None
                 save_to = None
-                if args.save_refiners and prior in SAVABLE_PRIORS and joint is False:
+                if args.save_refiners and prior in SAVABLE_PRIORS and variant == "frozen":
                     save_to = args.save_refiners / f"{tname}-{tk.base_name}-{prior}-seed{seed}"
                 r = run_one(
                     tk,
@@ -1054,11 +1042,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     encoders[prior][0],
                     seed,
                     cfg,
-                    joint=joint is True,
+                    joint=variant == "joint",
                     at=at,
                     grid=grid,
                     save_to=save_to,
-                    keep_best=joint == "keep_best",
+                    keep_best=variant == "keep_best",
                 )
                 entry["runs"].append(r)
                 bs = entry["bases"][tk.base_name]
